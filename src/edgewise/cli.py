@@ -1,0 +1,94 @@
+"""The `edgewise` command. Thin: parses flags, calls the API, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from edgewise.errors import EdgewiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Make trained models fit the edge, and prove what it cost.")
+
+
+@app.callback()
+def _root() -> None:
+    """Make trained models fit the edge, and prove what it cost."""
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgewiseError(f"--batch {text!r}: expected sizes separated by commas, e.g. 1,32") from None
+    if not sizes or min(sizes) < 1:
+        raise EdgewiseError(f"--batch {text!r}: sizes must be whole numbers >= 1, e.g. 1,32")
+    return sizes
+
+
+@app.command()
+def bench(
+    models: Annotated[Optional[list[str]], typer.Argument(help="ONNX files, example names, or weights (.pt/.safetensors) for --example's model.")] = None,
+    example: Annotated[Optional[str], typer.Option(help="Built-in task whose data and metric judge the models: digits, breast-cancer, minilm.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Your own task: path/to/file.py:name.")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Timed seconds per batch size, shared by the models.")] = 2.0,
+    device: Annotated[str, typer.Option(help="Device profile for the energy estimate when RAPL is absent.")] = "server-x86",
+    usd_per_core_hour: Annotated[float, typer.Option(min=0, help="Price of one busy core for an hour.")] = 0.05,
+    usd_per_kwh: Annotated[Optional[float], typer.Option(min=0, help="Price of energy; when given, cost follows energy.")] = None,
+    grid_g_per_kwh: Annotated[float, typer.Option(min=0, help="Grid carbon intensity, g CO2e/kWh (world average 480).")] = 480.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Measure models on ONNX Runtime: latency p50/p90/p99, throughput, peak memory, size,
+    parameters, task metric, energy, cost and CO2 per million inferences.
+
+    Two or more models run interleaved in one process and are compared as ratios to the first.
+    """
+    from edgewise.load import load_task, resolve_targets
+    from edgewise.measure import energy
+    from edgewise.measure.bench import BenchSettings
+    from edgewise.measure.bench import bench as run_bench
+    from edgewise.measure.table import bench_json, bench_table
+
+    settings = BenchSettings(batch_sizes=_batch_sizes(batch), seconds=seconds, device=energy.profile(device).name,
+                             prices=energy.Prices(usd_per_core_hour, usd_per_kwh, grid_g_per_kwh))
+    if threads:
+        settings.threads = threads
+    with tempfile.TemporaryDirectory(prefix="edgewise-") as workdir:
+        targets = resolve_targets(models or [], load_task(example, task), Path(workdir))
+        results = run_bench(targets, settings)
+    if as_json:
+        print(json.dumps(bench_json(targets, results, settings), indent=2))
+    else:
+        bench_table(targets, results, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line on stderr and exit 2; bugs still raise."""
+    try:
+        app(args=argv, prog_name="edgewise", standalone_mode=False)
+    except EdgewiseError as exc:
+        print(f"edgewise: error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return 2
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "edgewise"
+        print(f"edgewise: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("edgewise: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

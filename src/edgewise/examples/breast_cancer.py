@@ -1,0 +1,47 @@
+"""breast-cancer: an MLP on scikit-learn's Wisconsin breast-cancer data (569 x 30, medical)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from edgewise.examples._cache import trained
+from edgewise.task import Task
+
+
+class Standardize(nn.Module):
+    """Feature scaling inside the model, so the exported ONNX takes raw measurements."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def splits(seed: int = 0) -> tuple[tuple, tuple]:
+    data = load_breast_cancer()
+    features = data.data.astype(np.float32)
+    labels = data.target.astype(np.int64)
+    x_train, x_eval, y_train, y_eval = train_test_split(features, labels, test_size=0.3,
+                                                        stratify=labels, random_state=seed)
+    return (x_train, y_train), (x_eval, y_eval)
+
+
+def load() -> Task:
+    train, evaluation = splits()
+    mean, std = train[0].mean(axis=0), train[0].std(axis=0) + 1e-6
+
+    def build() -> nn.Module:
+        return nn.Sequential(Standardize(mean, std), nn.Linear(30, 256), nn.ReLU(),
+                             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 2))
+
+    torch.manual_seed(0)
+    model = trained("breast-cancer-mlp-v2", build, train, epochs=60, lr=1e-3, weight_decay=1e-4)
+    return Task(model, train=train, calibration=(train[0],), eval=evaluation, metric="f1",
+                name="breast-cancer")

@@ -1,0 +1,1 @@
+"""Honest measurement: task metric, latency, memory, size, energy, cost and CO2."""

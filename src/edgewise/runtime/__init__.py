@@ -1,0 +1,1 @@
+"""Where models run: ONNX Runtime for deployment, PyTorch for training and reference."""

@@ -1,0 +1,99 @@
+"""PyTorch as the reference runtime: run a module on edgewise inputs, load weights safely."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgewise.data import Inputs, concat, num_samples, take
+from edgewise.errors import EdgewiseError
+
+
+def as_torch_call(inputs: Inputs) -> tuple[tuple, dict]:
+    """Positional and keyword arguments for `model(*args, **kwargs)` from numpy inputs."""
+    if isinstance(inputs, Mapping):
+        return (), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in inputs), {}
+    return (torch.from_numpy(np.ascontiguousarray(inputs)),), {}
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The primary output of a forward call: a tensor, the first of a tuple, or of a ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        return first_tensor(next(iter(output.values())))
+    if isinstance(output, (tuple, list)) and output:
+        return first_tensor(output[0])
+    raise TypeError(f"model returned {type(output).__name__}, expected a tensor")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, inputs: Inputs, batch_size: int = 64,
+            dtype: torch.dtype | None = None) -> np.ndarray:
+    """Primary output of `model` on `inputs`, batched, as float32 numpy.
+
+    Args:
+        dtype: run under CPU autocast to this dtype (e.g. torch.bfloat16).
+    """
+    model.eval()
+    outputs = []
+    for start in range(0, num_samples(inputs), batch_size):
+        args, kwargs = as_torch_call(take(inputs, slice(start, start + batch_size)))
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            outputs.append(first_tensor(model(*args, **kwargs)).float().numpy())
+    return concat(outputs)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a `.safetensors` file or a `.pt`/`.pth` state dict, never executing code.
+
+    `.pt` files are read with `torch.load(weights_only=True)`: a pickle that carries code or
+    whole objects is refused with an EdgewiseError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgewiseError(f"{path}: no such file; check the path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise EdgewiseError(f"{path}: not a valid safetensors file ({exc}); re-save it") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unsupported content"
+        raise EdgewiseError(
+            f"{path}: refused to unpickle it, it holds more than weights ({reason[:120]}); "
+            "save a state_dict (torch.save(model.state_dict(), path)) or a .safetensors file") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]}); "
+                            "re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EdgewiseError(f"{path}: expected a dict of tensors (a state_dict); save model.state_dict()")
+    return dict(state)
+
+
+def load_state(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load weights from `path` into `model`, naming missing or misshapen tensors on failure."""
+    state = load_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise EdgewiseError(f"{path}: weights do not fit the model ({detail}); "
+                            "save them from the same architecture") from None
+    return model

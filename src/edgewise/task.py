@@ -1,0 +1,128 @@
+"""Task: the model, its data splits, its metric. Everything in edgewise works on one."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgewise.data import Inputs, concat, first_inputs, iter_batches
+from edgewise.errors import EdgewiseError
+from edgewise.measure.quality import Metric, resolve_metric
+
+
+@dataclass(eq=False)
+class Task:
+    """A model to compress, with the data and metric that judge it.
+
+    Args:
+        model: a `torch.nn.Module`, or the path of an ONNX file.
+        train: split for fine-tuning and distillation: `(X, y)`, `(X,)` or an iterable of batches.
+        calibration: split for quantization calibration (defaults to `train`).
+        eval: split on which the metric is measured.
+        metric: "accuracy", "f1", "cosine" (fidelity to the original model's outputs, for
+            models without labels), or a callable `fn(outputs, labels) -> float`; higher is better.
+        example_input: inputs used for export and latency; defaults to one sample of `eval`.
+        name: a short name for reports.
+        transformer: ORT fusion hints for BERT-like models (see `runtime.onnx.export`).
+
+    Example:
+        >>> task = Task(model, train=(X_train, y_train), eval=(X_test, y_test), metric="accuracy")
+    """
+
+    model: torch.nn.Module | str | Path
+    train: Any = None
+    calibration: Any = None
+    eval: Any = None
+    metric: str | Callable | Metric = "accuracy"
+    example_input: Inputs | None = None
+    name: str = "task"
+    transformer: dict | None = None
+    _reference: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metric = resolve_metric(self.metric)
+        if isinstance(self.model, (str, Path)):
+            self.model = Path(self.model)
+            if self.model.suffix != ".onnx":
+                raise EdgewiseError(f"{self.model}: a Task model is a torch.nn.Module or an .onnx file")
+            if not self.model.is_file():
+                raise EdgewiseError(f"{self.model}: no such file; check the path")
+        elif not isinstance(self.model, torch.nn.Module):
+            raise EdgewiseError(f"Task.model must be a torch.nn.Module or an ONNX path, "
+                                f"not {type(self.model).__name__}")
+        if self.calibration is None:
+            self.calibration = self.train
+
+    @property
+    def is_onnx(self) -> bool:
+        return isinstance(self.model, Path)
+
+    def sample_input(self, batch: int = 1) -> Inputs:
+        """`batch` samples for export and latency: from example_input, else from eval."""
+        if self.example_input is not None:
+            return first_inputs((self.example_input,), batch, where="example_input")
+        return first_inputs(self.eval, batch, where="eval")
+
+    def evaluate(self, predict: Callable[[Inputs], np.ndarray], batch_size: int = 64) -> float:
+        """The task metric of `predict` (inputs -> primary output) on the eval split."""
+        outputs, targets = [], []
+        for inputs, labels in iter_batches(self.eval, batch_size, where="eval"):
+            outputs.append(np.asarray(predict(inputs)))
+            if not self.metric.needs_reference:
+                if labels is None:
+                    raise EdgewiseError(f"metric {self.metric.name!r} needs labels: give eval=(X, y), "
+                                        "or use metric='cosine' to measure fidelity without labels")
+                targets.append(labels)
+        targets = self.reference_outputs(batch_size) if self.metric.needs_reference else concat(targets)
+        try:
+            return float(self.metric.fn(concat(outputs), targets))
+        except Exception as exc:
+            raise EdgewiseError(f"metric {self.metric.name!r} failed: {type(exc).__name__}: {exc}") from None
+
+    def reference_outputs(self, batch_size: int = 64) -> np.ndarray:
+        """The original model's outputs on the eval split (cached): what fidelity is measured to."""
+        if batch_size not in self._reference:
+            if self.is_onnx:
+                from edgewise.runtime import onnx as onnx_runtime
+                sess = onnx_runtime.session(self.model)
+                predict = lambda x: onnx_runtime.predict(sess, x)  # noqa: E731
+            else:
+                from edgewise.runtime import torch as torch_runtime
+                predict = lambda x: torch_runtime.predict(self.model, x)  # noqa: E731
+            self._reference[batch_size] = concat([predict(x) for x, _ in iter_batches(self.eval, batch_size)])
+        return self._reference[batch_size]
+
+
+def load_task_file(spec: str) -> Task:
+    """Load a user's Task from `path/to/file.py:name` (a Task, or a function returning one)."""
+    path_text, sep, attr = spec.rpartition(":")
+    if not sep or not path_text or not attr:
+        raise EdgewiseError(f"--task {spec!r}: expected path/to/file.py:name, e.g. my_task.py:task")
+    path = Path(path_text)
+    if path.suffix != ".py" or not path.is_file():
+        raise EdgewiseError(f"--task {spec!r}: {path} is not a Python file; check the path")
+    module_name = f"edgewise_user_task_{abs(hash(path.resolve()))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except EdgewiseError:
+        raise
+    except Exception as exc:
+        raise EdgewiseError(f"--task {spec!r}: {path} failed to import: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attr):
+        raise EdgewiseError(f"--task {spec!r}: {path} defines no {attr!r}")
+    task = getattr(module, attr)
+    if callable(task) and not isinstance(task, Task):
+        task = task()
+    if not isinstance(task, Task):
+        raise EdgewiseError(f"--task {spec!r}: {attr} is a {type(task).__name__}, expected an edgewise.Task")
+    return task

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from edgewise.errors import EdgewiseError
 
@@ -77,14 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     except EdgewiseError as exc:
         print(f"edgewise: error: {exc}", file=sys.stderr)
         return 2
-    except click.exceptions.NoArgsIsHelpError as exc:
-        exc.show()
+    except TyperException as exc:  # bad flags and values, from typer's own parser
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            return 2
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx else "edgewise"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"edgewise: error: {message} (see '{command} --help')", file=sys.stderr)
         return 2
-    except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "edgewise"
-        print(f"edgewise: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
         print("edgewise: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -1,0 +1,56 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgewise.errors import EdgewiseError
+from edgewise.runtime import torch as torch_runtime
+from tests.conftest import tiny_classifier
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+def test_state_dict_and_safetensors_load(tmp_path):
+    model = tiny_classifier()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    for name in ("w.pt", "w.safetensors"):
+        loaded = torch_runtime.load_state(tiny_classifier(), tmp_path / name)
+        x = np.ones((2, 6), np.float32)
+        assert np.allclose(torch_runtime.predict(loaded, x), torch_runtime.predict(model, x))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickle_with_code_is_refused_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"weight": torch.zeros(2), "payload": _Payload()}, tmp_path / "evil.pt")
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(_Payload()))
+    for name in ("evil.pt", "raw.pt"):
+        with pytest.raises(EdgewiseError, match="refused to unpickle"):
+            torch_runtime.load_weights(tmp_path / name)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_whole_model_pickle_is_refused(tmp_path):
+    torch.save(tiny_classifier(), tmp_path / "model.pt")
+    with pytest.raises(EdgewiseError, match="refused to unpickle.*state_dict"):
+        torch_runtime.load_weights(tmp_path / "model.pt")
+
+
+def test_truncated_and_misfit_weights_are_named(tmp_path):
+    torch.save(tiny_classifier().state_dict(), tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(EdgewiseError, match="not a readable PyTorch weights file"):
+        torch_runtime.load_weights(tmp_path / "cut.pt")
+    with pytest.raises(EdgewiseError, match="do not fit the model"):
+        torch_runtime.load_state(tiny_classifier(features=7), tmp_path / "w.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}")
+    with pytest.raises(EdgewiseError, match="not a valid safetensors file"):
+        torch_runtime.load_weights(tmp_path / "bad.safetensors")

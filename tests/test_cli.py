@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgewise.cli import main
+from edgewise.runtime import onnx as onnx_runtime
+from tests.conftest import tiny_classifier
+
+JSON_KEYS = {"latency_ms", "throughput_per_s", "peak_rss_mb", "size_bytes", "params", "metric", "energy_j",
+             "energy_method", "cost_usd_per_million", "co2e_g_per_million"}
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_example_json_has_every_key_with_sane_values(capsys):
+    code, out, _ = run(capsys, "bench", "--example", "digits", "--json", "--seconds", "0.5")
+    assert code == 0
+    report = json.loads(out)
+    [result] = report["results"]
+    assert JSON_KEYS <= set(result)
+    assert result["metric"]["name"] == "accuracy" and result["metric"]["value"] > 0.95
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert result["energy_method"] == "estimate" and result["energy_j"] > 0
+    assert result["params"] > 100_000 and result["size_bytes"] > 4 * 100_000
+    assert result["export_max_abs_error"] < 1e-4
+    assert report["machine"]["versions"]["onnxruntime"]
+
+
+def test_two_models_print_a_ratio_table(tmp_path, capsys):
+    x = np.zeros((1, 6), np.float32)
+    a = onnx_runtime.export(tiny_classifier(), x, tmp_path / "a.onnx")
+    b = onnx_runtime.export(torch.nn.Sequential(torch.nn.Linear(6, 256), torch.nn.Linear(256, 3)).eval(), x,
+                            tmp_path / "b.onnx")
+    code, out, _ = run(capsys, "bench", str(a), str(b), "--seconds", "0.3", "--batch", "1,8")
+    assert code == 0
+    assert "ratios against a.onnx" in out and "speedup p50" in out
+    assert out.count("b.onnx") >= 4  # two batch sizes, in the figures and in the ratios
+    assert "energy is an estimate" in out
+
+
+def test_weights_file_is_benched_with_the_examples_architecture(tmp_path, capsys):
+    from edgewise.examples import load_example
+    torch.save(load_example("breast-cancer").model.state_dict(), tmp_path / "mine.pt")
+    code, out, _ = run(capsys, "bench", str(tmp_path / "mine.pt"), "--example", "breast-cancer",
+                       "--json", "--seconds", "0.2")
+    assert code == 0 and json.loads(out)["results"][0]["metric"]["name"] == "f1"
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    good = onnx_runtime.export(tiny_classifier(), np.zeros((1, 6), np.float32), tmp_path / "good.onnx")
+    (tmp_path / "truncated.onnx").write_bytes(good.read_bytes()[:200])
+    torch.save(tiny_classifier(), tmp_path / "pickled_model.pt")
+    (tmp_path / "task.py").write_text("x = 1\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "{d}/absent.onnx"], "absent.onnx: no such file"),
+    (["bench", "{d}/truncated.onnx"], "truncated.onnx: not a valid ONNX model"),
+    (["bench", "--example", "mnist"], "unknown example 'mnist'"),
+    (["bench", "nonsense"], "nonsense: not an .onnx file"),
+    (["bench", "--task", "{d}/task.py"], "expected path/to/file.py:name"),
+    (["bench", "--task", "{d}/task.py:missing"], "defines no 'missing'"),
+    (["bench", "{d}/pickled_model.pt", "--example", "digits"], "refused to unpickle"),
+    (["bench", "{d}/pickled_model.pt"], "weights need an architecture"),
+    (["bench", "--example", "digits", "--batch", "1,x"], "--batch '1,x'"),
+    (["bench", "--example", "digits", "--threads", "0"], "Invalid value for '--threads'"),
+    (["bench", "--example", "digits", "--device", "toaster"], "unknown device profile 'toaster'"),
+    (["bench", "--bogus"], "No such option: --bogus"),
+    (["bench", "--example", "digits", "--task", "x.py:t"], "give --example or --task, not both"),
+])
+def test_bad_input_is_one_line_and_exit_2(bad_files, capsys, argv, message):
+    code, out, err = run(capsys, *[a.format(d=bad_files) for a in argv])
+    assert code == 2
+    assert message in err and err.startswith("edgewise: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_installed_command_exits_2_without_traceback(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    done = subprocess.run([sys.executable, "-m", "edgewise.cli", "bench", str(tmp_path / "bad.onnx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "not a valid ONNX model" in done.stderr

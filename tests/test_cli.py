@@ -91,3 +91,25 @@ def test_installed_command_exits_2_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "not a valid ONNX model" in done.stderr
+
+
+def test_compress_example_writes_model_and_card(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "compress", "--example", "breast-cancer", "--recipe", "prune(0.5)+int8",
+                          "--out", str(out), "--json", "--seconds", "0.3")
+    assert code == 0
+    report = json.loads(stdout)
+    assert set(report) == {"baseline", "steps", "final"} and len(report["steps"]) == 2
+    assert JSON_KEYS <= set(report["final"])
+    assert report["final"]["params"] < report["baseline"]["params"]
+    assert (out / "model.onnx").is_file() and json.loads((out / "card.json").read_text())["recipe"].endswith("+int8")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "--example", "digits", "--recipe", "shrink"], "unknown recipe step 'shrink'"),
+    (["compress", "--recipe", "int8"], "name the model to compress"),
+    (["compress", "--example", "digits", "--recipe", "int8", "--out", "/proc/edgewise"], "not writable"),
+])
+def test_compress_bad_input_is_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -70,6 +70,60 @@ def bench(
         bench_table(targets, results, settings)
 
 
+@app.command()
+def compress(
+    recipe: Annotated[str, typer.Option(help='Steps joined by "+": distill(depth=F,width=F), prune(F[,kind=structured|unstructured|layer|2:4]), int8, int8-dynamic, int4, int8-weight, bf16.')],
+    example: Annotated[Optional[str], typer.Option(help="Built-in task: digits, breast-cancer, minilm.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Your own task: path/to/file.py:name.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write model.onnx and card.json here.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Timed seconds to measure all candidates.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Compress a model with a recipe and measure each step on ONNX Runtime.
+
+    Example: edgewise compress --example digits --recipe "prune(0.5)+int8" --out digits-small
+    """
+    from edgewise.compress.recipe import compress as run_compress
+    from edgewise.compress.recipe import parse_recipe, write_artifacts
+    from edgewise.load import load_task
+    from edgewise.measure.bench import BenchSettings
+    from edgewise.measure.table import print_figures
+
+    steps = parse_recipe(recipe)  # a bad recipe fails before any model is loaded
+    chosen = load_task(example, task)
+    if chosen is None:
+        raise EdgewiseError("name the model to compress: --example NAME or --task FILE:NAME")
+    if out is not None:
+        _check_writable(out)
+    settings = BenchSettings(batch_sizes=(1,), seconds=seconds)
+    if threads:
+        settings.threads = threads
+    with tempfile.TemporaryDirectory(prefix="edgewise-") as workdir:
+        result = run_compress(chosen, steps, workdir=workdir, settings=settings)
+        if out is not None:
+            write_artifacts(result, out)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+        return
+    rows = [c.figures for c in [result.baseline, *result.steps]]
+    print_figures(rows, settings, f"edgewise compress {chosen.name}: {recipe}")
+    for candidate in result.steps:
+        if candidate.details.get("message"):
+            print(f"{candidate.name}: {candidate.details['message']}")
+    if out is not None:
+        print(f"wrote {out / 'model.onnx'} and {out / 'card.json'}")
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise EdgewiseError(f"--out {folder}: not writable ({exc.strerror}); choose another folder") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and exit 2; bugs still raise."""
     try:

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgewise.data import iter_batches
+from edgewise.progress import progress_bar
 from edgewise.runtime.torch import as_torch_call, first_tensor
 
 LossFn = Callable[[torch.nn.Module, Any, torch.Tensor | None], torch.Tensor]
@@ -29,6 +29,21 @@ def classification_loss(model: torch.nn.Module, inputs: Any, labels: torch.Tenso
     args, kwargs = as_torch_call(inputs)
     logits = first_tensor(model(*args, **kwargs))
     return torch.nn.functional.cross_entropy(logits, labels.long())
+
+
+def fidelity_loss(teacher: torch.nn.Module, kind: str = "cosine") -> LossFn:
+    """Loss that pulls a model's outputs towards `teacher`'s on the same inputs (no labels needed)."""
+    teacher.eval()
+
+    def loss(model: torch.nn.Module, inputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
+        args, kwargs = as_torch_call(inputs)
+        with torch.no_grad():
+            target = first_tensor(teacher(*args, **kwargs))
+        output = first_tensor(model(*args, **kwargs))
+        if kind == "mse":
+            return torch.nn.functional.mse_loss(output, target)
+        return (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
+    return loss
 
 
 def shuffled(split: Any, seed: int) -> Any:
@@ -58,8 +73,7 @@ def fit(model: torch.nn.Module, train: Any, *, loss_fn: LossFn = classification_
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     best_score, best_state, stale, epoch = None, None, 0, 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
-                  TimeRemainingColumn(), disable=not show_progress, transient=True) as progress:
+    with progress_bar(disable=not show_progress) as progress:
         bar = progress.add_task(description, total=total_steps, status="")
         for epoch in range(1, epochs + 1):
             model.train()

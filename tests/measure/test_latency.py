@@ -6,7 +6,7 @@ from edgewise.measure.latency import Timing, interleaved
 def test_every_runner_runs_its_minimum_and_runs_alternate():
     order = []
     runners = [lambda: order.append("a"), lambda: order.append("b")]
-    timings = interleaved(runners, warmup=2, seconds=0.0, min_calls=30, block_s=1e-9)
+    timings = interleaved(runners, warmup=2, seconds=0.0, min_calls=30, block_s=1e-9, settle_s=0)
     assert [t.calls for t in timings] == [30, 30]
     timed = order[6:]  # after 2+1 untimed calls of each (warm-up and probe), blocks alternate
     assert timed[:4] == ["a", "b", "a", "b"]
@@ -15,7 +15,7 @@ def test_every_runner_runs_its_minimum_and_runs_alternate():
 def test_meter_energy_is_attributed_to_the_runner_that_ran():
     counter = {"j": 0.0}
     runners = [lambda: counter.__setitem__("j", counter["j"] + 1.0), lambda: None]
-    timings = interleaved(runners, warmup=0, seconds=0.0, min_calls=5, meter=lambda: counter["j"])
+    timings = interleaved(runners, warmup=0, seconds=0.0, min_calls=5, meter=lambda: counter["j"], settle_s=0)
     assert timings[0].energy_j == timings[0].calls and timings[1].energy_j == 0.0
 
 

@@ -31,14 +31,16 @@ class Timing:
 
 
 def interleaved(runners: list[Callable[[], object]], *, warmup: int = 10, seconds: float = 2.0,
-                min_calls: int = 20, max_calls: int = 5000, block_s: float = 0.05,
-                meter: Callable[[], float] | None = None) -> list[Timing]:
+                min_calls: int = 20, max_calls: int = 5000, block_s: float = 0.2,
+                meter: Callable[[], float] | None = None, settle_s: float = 0.05) -> list[Timing]:
     """Time each runner (one inference call each) in alternating blocks: A B A B ...
 
     Every runner gets `warmup` untimed calls, then rounds in which each runs consecutive calls for
     about `block_s`, until each has used its share of `seconds` and made at least `min_calls`.
     CPU time is the process's (all threads), measured around each block; so is the energy of
-    `meter` (a cumulative joule counter such as RAPL) when given.
+    `meter` (a cumulative joule counter such as RAPL) when given. Before each block the runner
+    waits `settle_s`, so the thread pool of the previous runner stops spinning (ONNX Runtime's
+    workers spin after a run) instead of stealing cores from the next one.
     """
     per_call = []
     for run in runners:
@@ -57,6 +59,7 @@ def interleaved(runners: list[Callable[[], object]], *, warmup: int = 10, second
             if not _wants_more(latencies[i], spent[i], budget, min_calls, max_calls):
                 continue
             calls = max(1, min(int(block_s / per_call[i]), max_calls - len(latencies[i])))
+            time.sleep(settle_s)
             cpu_start = time.process_time()
             energy_start = meter() if meter else 0.0
             for _ in range(calls):

@@ -1,0 +1,1 @@
+"""Compression steps, each a transform Candidate -> Candidate: distill -> prune -> quantize."""

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/edgewise bench --example digits --batch 1,32
+	$(VENV)/bin/edgewise optimize
 
 test: $(STAMP)
 	$(PY) -m pytest -q

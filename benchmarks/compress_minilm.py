@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import quantize_dynamic
 from rich.console import Console
 
 from edgewise.compress.candidate import Candidate
+from edgewise.compress.quantize import ort_default_dynamic
 from edgewise.compress.recipe import compress, measure_candidates
 from edgewise.compress.steps import Distill, Int8Dynamic
 from edgewise.examples import load_example
@@ -39,8 +39,7 @@ def main() -> None:
     train_s = time.perf_counter() - started
     student_int8 = student.final.then("int8-dynamic", model=None,
                                       onnx_path=Int8Dynamic().apply(student.final).onnx_path)
-    peer_path = workdir / "ort-quantize-dynamic-default.onnx"
-    quantize_dynamic(str(int8.baseline.onnx()), str(peer_path))  # ORT's defaults: per-tensor
+    peer_path = ort_default_dynamic(int8.baseline.onnx(), workdir / "ort-quantize-dynamic-default.onnx")
     peer = Candidate(task, workdir, recipe=("ort-quantize_dynamic-default",), onnx_path=peer_path)
     candidates = [int8.baseline, peer, int8.final, student.final, student_int8]
     settings = BenchSettings(batch_sizes=(1,), seconds=options.seconds)

@@ -76,7 +76,7 @@ def bad_files(tmp_path):
     (["bench", "--example", "digits", "--threads", "0"], "Invalid value for '--threads'"),
     (["bench", "--example", "digits", "--device", "toaster"], "unknown device profile 'toaster'"),
     (["bench", "--bogus"], "No such option: --bogus"),
-    (["bench", "--example", "digits", "--task", "x.py:t"], "give --example or --task, not both"),
+    (["bench", "--example", "digits", "--task", "x.py:t"], "give one of --example, --task or --onnx"),
 ])
 def test_bad_input_is_one_line_and_exit_2(bad_files, capsys, argv, message):
     code, out, err = run(capsys, *[a.format(d=bad_files) for a in argv])
@@ -113,3 +113,44 @@ def test_compress_example_writes_model_and_card(tmp_path, capsys):
 def test_compress_bad_input_is_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def _foreign_onnx(tmp_path):
+    """An ONNX model exported by torch.onnx.export (dynamo), not by edgewise, and its data."""
+    import numpy as np
+    from edgewise.examples.breast_cancer import splits
+    from edgewise.examples import load_example
+    model = load_example("breast-cancer").model
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 30),), str(path), input_names=["features"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
+    (x_train, y_train), (x_eval, y_eval) = splits()
+    x, y = np.concatenate([x_train[:100], x_eval]), np.concatenate([y_train[:100], y_eval])
+    np.savez(tmp_path / "labelled.npz", features=x, y=y)
+    np.savez(tmp_path / "inputs.npz", features=x)
+    return path
+
+
+@pytest.mark.parametrize("data, metric", [("labelled.npz", "accuracy"), ("inputs.npz", "cosine")])
+def test_optimize_onnx_only_with_and_without_labels(tmp_path, capsys, data, metric):
+    model = _foreign_onnx(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "optimize", "--onnx", str(model), "--data", str(tmp_path / data),
+                          "--trials", "3", "--out", str(out))
+    assert code == 0, stdout
+    card = json.loads((out / "card.json").read_text())
+    assert card["metric"] == metric and card["constraints_met"]
+    assert card["chosen"]["metric"]["name"] == metric and (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["optimize", "--max-drop", "-1"], "--max-drop must be >= 0"),
+    (["optimize", "--max-drop", "120", "--relative"], "allows losing the whole metric"),
+    (["optimize", "--objective", "speed"], "--objective 'speed'"),
+    (["optimize", "--onnx", "m.onnx"], "go together"),
+    (["optimize", "--out", "/proc/edgewise-out"], "not writable"),
+    (["optimize", "--study", "mysql+nodriver://x/y", "--example", "breast-cancer"], "--study mysql+nodriver://x/y: cannot open it"),
+])
+def test_optimize_bad_input_is_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err

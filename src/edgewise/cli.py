@@ -116,18 +116,72 @@ def compress(
 
 
 def _check_writable(folder: Path) -> None:
+    """Fail early if `folder` cannot be written, without creating it."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgewiseError(f"--out {folder}: {existing} is a file; choose a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryDirectory(dir=existing):
             pass
     except OSError as exc:
         raise EdgewiseError(f"--out {folder}: not writable ({exc.strerror}); choose another folder") from None
 
 
+@app.command()
+def optimize(
+    example: Annotated[Optional[str], typer.Option(help="Built-in task (default: digits).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Your own task: path/to/file.py:name.")] = None,
+    onnx: Annotated[Optional[str], typer.Option(help="An ONNX model to quantize (with --data).")] = None,
+    data: Annotated[Optional[str], typer.Option(help=".npz of the model's inputs, labels as 'y' (optional).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Allowed metric drop: points, or % with --relative.")] = 1.0,
+    relative: Annotated[bool, typer.Option(help="--max-drop is a percentage of the baseline metric.")] = False,
+    objective: Annotated[str, typer.Option(help="What to minimise: latency, size or energy.")] = "latency",
+    max_size_mb: Annotated[Optional[float], typer.Option(help="Largest model file, MB.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="Largest batch-1 p50 latency, ms.")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Recipes to try (capped by the search space).")] = 20,
+    time_budget_min: Annotated[float, typer.Option(help="Stop starting trials after this many minutes.")] = 10.0,
+    study: Annotated[Optional[str], typer.Option(help="Optuna storage to resume from, e.g. sqlite:///edgewise.db.")] = None,
+    guard: Annotated[bool, typer.Option(help="Accuracy guard in quantization (always on for --onnx).")] = False,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
+    out: Annotated[Path, typer.Option(help="Where model.onnx, card.json, candidates.json and the reports go.")] = Path("edgewise-out"),
+) -> None:
+    """Find the best compressed model within a budget and write it with a report.
+
+    With no arguments it runs on the digits example. Ctrl-C stops the search and still writes the
+    best model found so far and a valid report.
+    """
+    from edgewise.load import load_task
+    from edgewise.measure.bench import BenchSettings
+    from edgewise.measure.table import print_figures
+    from edgewise.optimize.run import optimize as run_optimize
+    from edgewise.optimize.run import write_outputs
+    from edgewise.optimize.search import Constraints, SearchSettings
+
+    constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms)
+    settings = SearchSettings(objective=objective, trials=trials, time_budget_min=time_budget_min, study=study,
+                              guard=guard, threads=threads)
+    _check_writable(out)
+    chosen_task = load_task(example, task, onnx, data) or load_task("digits")
+    result = run_optimize(chosen_task, constraints, settings)
+    write_outputs(result, out)
+    rows = [c.figures for c in result.finalists]
+    print_figures(rows, BenchSettings(), f"edgewise optimize {chosen_task.name}: baseline, peer, chosen")
+    print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f}, "
+          f"{'within' if result.met else 'NOT within'} constraints) from {len(result.trials)} trials")
+    if result.message:
+        print(result.message)
+    print(f"wrote {out}/model.onnx, card.json, candidates.json, report.html, report.md")
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and exit 2; bugs still raise."""
     try:
-        app(args=argv, prog_name="edgewise", standalone_mode=False)
+        # Without standalone mode, typer returns the code of a typer.Exit instead of raising it.
+        code = app(args=argv, prog_name="edgewise", standalone_mode=False)
     except EdgewiseError as exc:
         print(f"edgewise: error: {exc}", file=sys.stderr)
         return 2
@@ -145,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("edgewise: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise EdgewiseError(f"cannot write to {path.parent} ({exc.strerror}); choose a writable folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -15,10 +15,16 @@ from edgewise.task import Task, load_task_file
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def load_task(example: str | None = None, task_spec: str | None = None) -> Task | None:
-    """The task named by `--example NAME` or `--task FILE:NAME` (not both), or None."""
-    if example and task_spec:
-        raise EdgewiseError("give --example or --task, not both")
+def load_task(example: str | None = None, task_spec: str | None = None, onnx: str | None = None,
+              data: str | None = None) -> Task | None:
+    """The task named by `--example NAME`, `--task FILE:NAME` or `--onnx MODEL --data DATA.npz`
+    (one of them), or None."""
+    if sum(bool(x) for x in (example, task_spec, onnx)) > 1:
+        raise EdgewiseError("give one of --example, --task or --onnx, not several")
+    if bool(onnx) != bool(data):
+        raise EdgewiseError("--onnx MODEL and --data DATA.npz go together")
+    if onnx:
+        return load_onnx_task(onnx, data)
     if example:
         return load_example(example)
     if task_spec:
@@ -66,3 +72,49 @@ def _with_model(task: Task, model) -> Task:
 def _export(task: Task, name: str, workdir: Path) -> BenchTarget:
     path, error = onnx_runtime.export_task(task, workdir / f"{Path(name).stem}.onnx")
     return BenchTarget(name, path, task, export_max_abs_error=error)
+
+
+LABEL_KEYS = ("y", "labels", "label", "target", "targets")
+
+
+def load_onnx_task(model: str | Path, data: str | Path, max_calibration: int = 300) -> Task:
+    """A task from an ONNX file and a .npz of its inputs (named as the model's inputs, or a single
+    array `x`), with labels under `y` (accuracy) or without (fidelity to the original outputs).
+
+    The samples are split in two: calibration (at most `max_calibration`) and evaluation.
+    """
+    import zipfile
+
+    import numpy as np
+
+    model, data = Path(model), Path(data)
+    sess = onnx_runtime.session(model)
+    if not data.is_file():
+        raise EdgewiseError(f"{data}: no such file; check the path")
+    try:
+        with np.load(data, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise EdgewiseError(f"{data}: not a readable .npz without pickles ({str(exc).splitlines()[0][:100]}); "
+                            "save it with numpy.savez(path, x=inputs, y=labels)") from None
+    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+    names = [i.name for i in sess.get_inputs()]
+    if all(n in arrays for n in names):
+        inputs = {n: arrays[n] for n in names}
+    elif len(names) == 1 and len(arrays) == 1:
+        inputs = next(iter(arrays.values()))
+    else:
+        raise EdgewiseError(f"{data}: holds {sorted(arrays) or 'nothing'}, but {model.name} takes inputs "
+                            f"{names}; name the arrays after them (labels as 'y')")
+    from edgewise.data import num_samples, take
+    count = num_samples(inputs)
+    if count < 4:
+        raise EdgewiseError(f"{data}: {count} samples; give at least 4 (half calibrate, half evaluate)")
+    if labels is not None and len(labels) != count:
+        raise EdgewiseError(f"{data}: {count} input samples but {len(labels)} labels; give one label per sample")
+    onnx_runtime.feed(sess, take(inputs, slice(0, 1)))  # dtypes and arity checked before any work
+    split = min(count // 2, max_calibration)
+    evaluation = take(inputs, slice(split, None))
+    return Task(model, calibration=(take(inputs, slice(0, split)),),
+                eval=(evaluation, labels[split:]) if labels is not None else (evaluation,),
+                metric="accuracy" if labels is not None else "cosine", name=model.stem)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-_STDERR = Console(stderr=True)
+_STDERR = Console(stderr=True)  # also for warnings that must not mix into --json output
 
 
 def progress_bar(disable: bool = False) -> Progress:

@@ -70,19 +70,25 @@ class Task:
             return first_inputs((self.example_input,), batch, where="example_input")
         return first_inputs(self.eval, batch, where="eval")
 
-    def evaluate(self, predict: Callable[[Inputs], np.ndarray], batch_size: int = 64) -> float:
-        """The task metric of `predict` (inputs -> primary output) on the eval split."""
+    def evaluate(self, predict: Callable[[Inputs], np.ndarray], batch_size: int = 64,
+                 limit: int | None = None) -> float:
+        """The task metric of `predict` (inputs -> primary output) on the eval split
+        (its first `limit` samples when given)."""
         outputs, targets = [], []
-        for inputs, labels in iter_batches(self.eval, batch_size, where="eval"):
+        for inputs, labels in iter_batches(self.eval, batch_size, limit=limit, where="eval"):
             outputs.append(np.asarray(predict(inputs)))
             if not self.metric.needs_reference:
                 if labels is None:
                     raise EdgewiseError(f"metric {self.metric.name!r} needs labels: give eval=(X, y), "
                                         "or use metric='cosine' to measure fidelity without labels")
                 targets.append(labels)
-        targets = self.reference_outputs(batch_size) if self.metric.needs_reference else concat(targets)
+        outputs = concat(outputs)
+        if self.metric.needs_reference:
+            targets = self.reference_outputs(batch_size)[: len(outputs)]
+        else:
+            targets = concat(targets)
         try:
-            return float(self.metric.fn(concat(outputs), targets))
+            return float(self.metric.fn(outputs, targets))
         except Exception as exc:
             raise EdgewiseError(f"metric {self.metric.name!r} failed: {type(exc).__name__}: {exc}") from None
 

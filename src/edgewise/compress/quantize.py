@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,20 +62,52 @@ class _StreamingReader(CalibrationDataReader):
         return next(self._stream, None)
 
 
-def weight_nodes(path: str | Path) -> list[str]:
-    """Names of the nodes with weights worth quantizing, in graph order."""
+def _weight_nodes(path: str | Path) -> list[onnx.NodeProto]:
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {init.name for init in graph.initializer}
-    return [n.name for n in graph.node if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input)]
+    return [n for n in graph.node if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input)]
+
+
+@contextlib.contextmanager
+def _clean_copy(src: Path) -> Iterator[Path]:
+    """`src` without stored value_info: shapes recorded by another exporter (torch's dynamo one
+    among them) can contradict what the quantizer infers after rewriting, and make it fail."""
+    model = onnx.load(str(src))
+    if not model.graph.value_info:
+        yield src
+        return
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory(prefix="edgewise-q-") as tmp:
+        path = Path(tmp) / "clean.onnx"
+        onnx.save(model, str(path))
+        yield path
+
+
+def weight_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes with weights worth quantizing, in graph order."""
+    return [n.name for n in _weight_nodes(path)]
+
+
+def has_matmul_weights(path: str | Path) -> bool:
+    """Whether weight-only (MatMulNBits) quantization has anything to work on."""
+    return any(n.op_type == "MatMul" for n in _weight_nodes(path))
 
 
 def int8_dynamic(src: Path, dst: Path, *, per_channel: bool = True, exclude: list[str] = (),
                  include: list[str] | None = None) -> Path:
     """Int8 weights, activations quantized at run time: no calibration data needed."""
-    with atomic_path(dst) as tmp, _quiet():
+    with atomic_path(dst) as tmp, _quiet(), _clean_copy(src) as src:
         quantize_dynamic(str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude), nodes_to_quantize=include,
                          extra_options={"MatMulConstBOnly": True, **_FUSED_GRAPH_OPTIONS})
+    return dst
+
+
+def ort_default_dynamic(src: Path, dst: Path) -> Path:
+    """The peer: ORT's `quantize_dynamic` with its own defaults (per-tensor weights), told only
+    that fused contrib-op outputs are float so that it runs on the same graph edgewise starts from."""
+    with atomic_path(dst) as tmp, _quiet(), _clean_copy(src) as src:
+        quantize_dynamic(str(src), str(tmp), extra_options=dict(_FUSED_GRAPH_OPTIONS))
     return dst
 
 
@@ -91,7 +124,7 @@ def int8_static(src: Path, dst: Path, calibration: Any, *, samples: int = 300, m
     if calibration is None:
         raise EdgewiseError("int8 static needs calibration data: give Task(calibration=(X,)) or use int8-dynamic")
     reader = _StreamingReader(calibration, onnx_runtime.session(src, threads=None), samples, batch_size)
-    with atomic_path(dst) as tmp, _quiet():
+    with atomic_path(dst) as tmp, _quiet(), _clean_copy(src) as src:
         # Activations uint8 and weights int8 without range reduction: the pairing ORT recommends
         # for x86 with VNNI (this machine's Zen 5) and ARM alike.
         quantize_static(str(src), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,

@@ -64,21 +64,23 @@ class GuardResult:
     message: str = ""
 
 
-def score_onnx(task: Task, path: Path) -> float:
+def score_onnx(task: Task, path: Path, limit: int | None = None) -> float:
+    """The task metric of an ONNX model on the eval split (its first `limit` samples)."""
     sess = onnx_runtime.session(path)
-    return task.evaluate(lambda inputs: onnx_runtime.predict(sess, inputs))
+    return task.evaluate(lambda inputs: onnx_runtime.predict(sess, inputs), limit=limit)
 
 
 def layer_sensitivity(task: Task, src: Path, quantize: QuantizeFn, baseline: float,
-                      tolerance: Tolerance) -> list[tuple[str, float]]:
-    """Each weight layer quantized alone: its metric drop (in `tolerance` units), most sensitive first."""
+                      tolerance: Tolerance, limit: int | None = None) -> list[tuple[str, float]]:
+    """Each weight layer quantized alone: its metric drop (in `tolerance` units), most sensitive
+    first. With `limit`, measured on the first `limit` eval samples (and `baseline` must be too)."""
     nodes = weight_nodes(src)
     drops = []
     with tempfile.TemporaryDirectory(prefix="edgewise-sens-") as tmp, progress_bar() as progress:
         bar = progress.add_task("per-layer sensitivity", total=len(nodes), status="")
         for node in nodes:
             path = quantize(src, Path(tmp) / "one.onnx", include=[node])
-            drops.append((node, tolerance.drop(baseline, score_onnx(task, path), task.metric)))
+            drops.append((node, tolerance.drop(baseline, score_onnx(task, path, limit), task.metric)))
             progress.advance(bar)
     return sorted(drops, key=lambda item: item[1], reverse=True)
 

@@ -34,7 +34,8 @@ def figures_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("model", "batch", "p50 ms", "p90 ms", "p99 ms", "inf/s", "peak RSS MB", "size", "params",
                    "metric", "energy mJ/inf", "$/M inf", "g CO2e/M"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right",
+                         overflow="fold" if column == "model" else "ellipsis")
     for r in rows:
         metric = f"{r['metric']['name']} {r['metric']['value']:.4f}" if r["metric"] else "-"
         rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "-"

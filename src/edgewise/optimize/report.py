@@ -1,0 +1,160 @@
+"""The optimize report: self-contained HTML (inline SVG plots, no scripts, works offline) and Markdown."""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
+
+from edgewise.measure import energy  # noqa: E402
+from edgewise.measure.machine import describe  # noqa: E402
+from edgewise.optimize.run import PEER, OptimizeResult, pareto  # noqa: E402
+
+
+def _mb(num_bytes: float) -> float:
+    return num_bytes / 2**20
+
+
+def _plot(result: OptimizeResult, x_key: str) -> str:
+    """Metric against latency or size for every trial: Pareto front, chosen, baseline, peer."""
+    latency = x_key == "latency"
+    x_of = (lambda f: f["latency_ms"]["p50"]) if latency else (lambda f: _mb(f["size_bytes"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    trials = result.trials
+    ax.scatter([x_of(t.figures) for t in trials], [t.figures["metric"]["value"] for t in trials],
+               c=["#2b8a3e" if t.feasible else "#adb5bd" for t in trials], s=28, label="candidates (green: within constraints)")
+    front = sorted(pareto(trials, "latency" if latency else "size"), key=lambda t: x_of(t.figures))
+    ax.plot([x_of(t.figures) for t in front], [t.figures["metric"]["value"] for t in front], "-", color="#2b8a3e",
+            lw=1, label="Pareto front")
+    for name, marker, color, label in ((result.finalists[0].name, "s", "#1c7ed6", "ORT fp32 baseline"),
+                                       (PEER, "D", "#f08c00", "ORT quantize_dynamic default"),
+                                       (result.chosen.recipe, "*", "#e03131", "chosen")):
+        figures = result.final(name)
+        if figures:
+            ax.scatter([x_of(figures)], [figures["metric"]["value"]], marker=marker, s=160 if marker == "*" else 60,
+                       color=color, edgecolor="black", zorder=5, label=label)
+    ax.set_xlabel("batch-1 p50 latency (ms, ONNX Runtime)" if latency else "model size (MB)")
+    if not latency:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(result.task.metric.name)
+    ax.set_title(f"{result.task.metric.name} vs {'latency' if latency else 'size'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def _summary_rows(result: OptimizeResult) -> list[list[str]]:
+    base = result.baseline
+    rows = []
+    for candidate in result.finalists:
+        f = candidate.figures
+        rows.append([candidate.name + (" (chosen)" if candidate.name == result.chosen.recipe else ""),
+                     f"{f['metric']['value']:.4f}", f"{f['latency_ms']['p50']:.3f}", f"{f['latency_ms']['p99']:.3f}",
+                     f"{base['latency_ms']['p50'] / f['latency_ms']['p50']:.2f}x", f"{_mb(f['size_bytes']):.3f}",
+                     f"{base['size_bytes'] / f['size_bytes']:.2f}x", f"{f['params']:,}"])
+    return rows
+
+
+SUMMARY_HEADER = ["model", "metric", "p50 ms", "p99 ms", "speedup", "size MB", "smaller", "params"]
+ENERGY_HEADER = ["model", "energy mJ/inference", "method", "$ per million", "g CO2e per million"]
+TRIALS_HEADER = ["trial", "recipe", "metric", "drop", "p50 ms", "size MB", "energy mJ", "within constraints"]
+
+
+def _energy_rows(result: OptimizeResult) -> list[list[str]]:
+    return [[c.name, f"{c.figures['energy_j'] * 1e3:.4f}", c.figures["energy_method"],
+             f"{c.figures['cost_usd_per_million']:.4f}", f"{c.figures['co2e_g_per_million']:.3f}"]
+            for c in result.finalists]
+
+
+def _trial_rows(result: OptimizeResult) -> list[list[str]]:
+    return [[str(t.number), t.recipe, f"{t.figures['metric']['value']:.4f}", f"{t.drop:.3f}",
+             f"{t.figures['latency_ms']['p50']:.3f}", f"{_mb(t.figures['size_bytes']):.3f}",
+             f"{t.figures['energy_j'] * 1e3:.4f}", "yes" if t.feasible else "no"]
+            for t in sorted(result.trials, key=lambda t: t.number)]
+
+
+def _headline(result: OptimizeResult) -> list[str]:
+    c = result.constraints
+    lines = [f"Task **{result.task.name}**, metric {result.task.metric.name}; objective: lowest "
+             f"{result.settings.objective}; constraints: drop <= {c.tolerance}"
+             + (f", size <= {c.max_size_mb} MB" if c.max_size_mb else "")
+             + (f", p50 <= {c.max_latency_ms} ms" if c.max_latency_ms else "") + ".",
+             f"Chosen: **{result.chosen.recipe}** (drop {result.chosen.drop:.3f}) after {len(result.trials)} trials."]
+    if result.message:
+        lines.append(result.message)
+    if result.interrupted:
+        lines.append("The search was interrupted: this is the best found so far.")
+    if result.baseline["energy_method"] == "estimate":
+        profile = energy.profile(energy.DEFAULT_PROFILE)
+        lines.append(f"Energy is an estimate (no RAPL here): CPU time x {profile.watts_per_core} W per busy core "
+                     f"({profile.name}). Cost from core-hours, CO2e at the world-average grid intensity.")
+    return lines
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _sections(result: OptimizeResult) -> list[tuple[str, list[str], list[list[str]]]]:
+    sections = [("Baseline, peer and chosen (measured together)", SUMMARY_HEADER, _summary_rows(result)),
+                ("Energy, cost and CO2 per million inferences", ENERGY_HEADER, _energy_rows(result))]
+    if result.sensitivity:
+        sections.append((f"Per-layer sensitivity (each layer quantized alone, first {128} eval samples)",
+                         ["layer", "metric drop"], [[name, f"{drop:.4f}"] for name, drop in result.sensitivity]))
+    sections.append(("All candidates", TRIALS_HEADER, _trial_rows(result)))
+    return sections
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#212529}
+table{border-collapse:collapse;margin:0.5rem 0 1.5rem;font-size:0.9rem}
+th,td{border:1px solid #dee2e6;padding:0.25rem 0.6rem;text-align:right}th{background:#f1f3f5}
+td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1rem}"""
+
+
+def _bold(line: str) -> str:
+    return re.sub(r"[*][*](.+?)[*][*]", r"<b>\1</b>", html.escape(line))
+
+
+def render_html(result: OptimizeResult) -> str:
+    paragraphs = "".join(f"<p>{_bold(line)}</p>" for line in _headline(result))
+    plots = f"<div class='plots'>{_plot(result, 'latency')}{_plot(result, 'size')}</div>"
+    tables = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}"
+                     for title, header, rows in _sections(result))
+    machine = html.escape(_machine_line())
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>edgewise report: "
+            f"{html.escape(result.task.name)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>edgewise optimize: {html.escape(result.task.name)}</h1>{paragraphs}{plots}{tables}<p><small>{machine}</small></p>"
+            "</body></html>\n")
+
+
+def render_markdown(result: OptimizeResult) -> str:
+    parts = [f"# edgewise optimize: {result.task.name}", *_headline(result)]
+    for title, header, rows in _sections(result):
+        parts += [f"## {title}", _md_table(header, rows)]
+    return "\n\n".join(parts + [_machine_line()]) + "\n"
+
+
+def _machine_line() -> str:
+    machine = describe()
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    return f"Measured on {machine['cpu']}, {machine['cores']} cores, {machine['os']}; {versions}."

@@ -1,0 +1,243 @@
+"""Multi-objective search over recipes with Optuna: metric vs latency, size or energy.
+
+Torch stages (distill, prune) are built once per setting and quantized several ways; a study in
+SQLite (`--study sqlite:///x.db`) survives an interruption and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from edgewise.compress.candidate import Candidate
+from edgewise.compress.recipe import check_order
+from edgewise.compress.sensitivity import Tolerance, score_onnx
+from edgewise.errors import EdgewiseError
+from edgewise.measure.bench import BenchSettings, BenchTarget, bench
+from edgewise.optimize.space import Space, space_for
+from edgewise.progress import _STDERR, progress_bar
+from edgewise.task import Task
+
+OBJECTIVES = {"latency": ("latency_ms", "p50"), "size": ("size_bytes", None), "energy": ("energy_j", None)}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the chosen model must satisfy.
+
+    Args:
+        max_drop: allowed metric drop against the original, in points (or % with `relative`).
+        max_size_mb: largest model file, in MB (2**20 bytes).
+        max_latency_ms: largest batch-1 p50 latency on ONNX Runtime.
+    """
+
+    max_drop: float = 1.0
+    relative: bool = False
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_drop >= 0:
+            raise EdgewiseError(f"--max-drop must be >= 0, got {self.max_drop}")
+        if self.relative and self.max_drop >= 100:
+            raise EdgewiseError(f"--max-drop {self.max_drop}% with --relative allows losing the whole metric; "
+                                "give a percentage below 100")
+        for name in ("max_size_mb", "max_latency_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise EdgewiseError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(self.max_drop, self.relative)
+
+    def violations(self, drop: float, figures: dict) -> dict[str, float]:
+        """How far each constraint is exceeded (<= 0 means met)."""
+        found = {"max_drop": drop - self.max_drop}
+        if self.max_size_mb is not None:
+            found["max_size_mb"] = figures["size_bytes"] / 2**20 - self.max_size_mb
+        if self.max_latency_ms is not None:
+            found["max_latency_ms"] = figures["latency_ms"]["p50"] - self.max_latency_ms
+        return found
+
+
+@dataclass
+class SearchSettings:
+    objective: str = "latency"
+    trials: int = 20
+    time_budget_min: float = 10.0
+    study: str | None = None          # an Optuna storage URL, e.g. sqlite:///edgewise.db
+    seed: int = 0
+    distill_epochs: int = 8
+    trial_seconds: float = 0.5        # latency measurement per trial; the finalists get longer
+    guard: bool = False               # accuracy guard (sensitivity fallback) in quantization steps
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise EdgewiseError(f"--objective {self.objective!r}: use one of {', '.join(OBJECTIVES)}")
+        if self.trials < 1 or not self.time_budget_min > 0:
+            raise EdgewiseError("--trials must be >= 1 and --time-budget-min > 0")
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    params: dict
+    recipe: str
+    figures: dict
+    drop: float
+    violations: dict[str, float]
+    onnx_path: str | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 1e-12 for v in self.violations.values())
+
+    def objective(self, name: str) -> float:
+        key, sub = OBJECTIVES[name]
+        return self.figures[key][sub] if sub else self.figures[key]
+
+
+class Searcher:
+    """Runs the study for one task; keeps the torch stages it built for reuse."""
+
+    def __init__(self, task: Task, constraints: Constraints, settings: SearchSettings, workdir: Path) -> None:
+        self.task, self.constraints, self.settings, self.workdir = task, constraints, settings, workdir
+        self.baseline = Candidate.from_task(task, workdir)
+        self.baseline.baseline_metric = score_onnx(task, self.baseline.onnx())
+        self.space: Space = space_for(task, self.baseline.onnx())
+        self._stages: dict[tuple, Candidate] = {}
+        self.interrupted = False
+
+    def study(self) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, multivariate=True)
+        name = f"edgewise-{self.task.name}-{self.settings.objective}"
+        try:
+            return optuna.create_study(storage=self.settings.study, study_name=name, sampler=sampler,
+                                       directions=["maximize", "minimize"], load_if_exists=True)
+        except Exception as exc:  # bad URL, missing driver, unreadable file: all the user's to fix
+            raise EdgewiseError(f"--study {self.settings.study}: cannot open it ({str(exc).splitlines()[0]}); "
+                                "give a URL such as sqlite:///edgewise.db") from None
+
+    def space_size(self) -> int:
+        return len(self.space.depth) * len(self.space.prune) * len(self.space.quant)
+
+    def run(self) -> list[TrialRecord]:
+        """Trials until the count or the time budget is spent, or Ctrl-C; every completed trial
+        of the study (earlier sessions' included)."""
+        study = self.study()
+        # Done: completed, or failed because a step does not apply. Interrupted and killed trials
+        # (FAIL without an error, or still RUNNING) are tried again.
+        done = {self._key(t.params) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)}
+        wanted = min(self.settings.trials, self.space_size())
+        deadline = time.monotonic() + self.settings.time_budget_min * 60
+        try:
+            with progress_bar() as progress:
+                bar = progress.add_task("searching", total=wanted, completed=min(len(done), wanted), status="")
+                while len(done) < wanted and time.monotonic() < deadline:
+                    if self._trial(study, done):
+                        left = max(0.0, deadline - time.monotonic()) / 60
+                        progress.update(bar, completed=min(len(done), wanted),
+                                        status=f"best: {self._best_text(study)}  budget left {left:.1f} min")
+        except KeyboardInterrupt:
+            self.interrupted = True
+        return self.records(study)
+
+    def _trial(self, study: optuna.Study, done: set) -> bool:
+        """Ask, evaluate and tell one trial; False when it was a repeat or did not apply."""
+        trial = study.ask()
+        try:
+            params = {"depth": trial.suggest_categorical("depth", list(self.space.depth)),
+                      "prune": trial.suggest_categorical("prune", list(self.space.prune)),
+                      "quant": trial.suggest_categorical("quant", list(self.space.quant))}
+        except ValueError:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise EdgewiseError(f"--study {self.settings.study} was made with another search space; "
+                                "give a new study name or file") from None
+        if self._key(params) in done:  # TPE repeats itself on small spaces: skip repeats
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return False
+        try:
+            record = self.evaluate(params, trial.number)
+        except Exception as exc:  # a step that does not apply (or a tool that fails) on this model
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            done.add(self._key(params))
+            if not isinstance(exc, EdgewiseError):
+                _STDERR.print(f"trial {trial.number} ({params}) failed: {type(exc).__name__}: {str(exc)[:200]}")
+            return False
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        for key, value in dataclasses.asdict(record).items():
+            trial.set_user_attr(key, value)
+        for name, excess in record.violations.items():
+            trial.set_constraint(name, excess)  # <= 0 is within the constraint
+        study.tell(trial, [record.figures["metric"]["value"], record.objective(self.settings.objective)])
+        done.add(self._key(params))
+        return True
+
+    @staticmethod
+    def _key(params: dict) -> tuple:
+        return (params["depth"], params["prune"], params["quant"])
+
+    def records(self, study: optuna.Study) -> list[TrialRecord]:
+        names = {f.name for f in dataclasses.fields(TrialRecord)}
+        return [TrialRecord(**{k: v for k, v in t.user_attrs.items() if k in names})
+                for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    def _best_text(self, study: optuna.Study) -> str:
+        feasible = [r for r in self.records(study) if r.feasible]
+        if not feasible:
+            return "none within constraints yet"
+        best = min(feasible, key=lambda r: r.objective(self.settings.objective))
+        return f"{best.recipe} ({self.settings.objective} {best.objective(self.settings.objective):.4g})"
+
+    def steps(self, params: dict):
+        steps = self.space.recipe(params["depth"], params["prune"], params["quant"], self.settings.distill_epochs)
+        if self.settings.guard or self.task.is_onnx:
+            steps = [dataclasses.replace(s, max_drop=self._max_drop_text()) if s.stage == "quantize" else s
+                     for s in steps]
+        check_order(steps)
+        return steps
+
+    def _max_drop_text(self) -> str:
+        return f"{self.constraints.max_drop:g}%" if self.constraints.relative else f"{self.constraints.max_drop:g}"
+
+    def build(self, params: dict) -> Candidate:
+        """The candidate for `params`; torch stages come from the cache when already built."""
+        steps = self.steps(params)
+        torch_steps = [s for s in steps if s.stage != "quantize"]
+        key = tuple(s.label() for s in torch_steps)
+        if key not in self._stages:
+            candidate = self.baseline
+            for step in torch_steps:
+                candidate = step.apply(candidate)
+            candidate.onnx()
+            self._stages[key] = candidate
+        candidate = self._stages[key]
+        for step in steps[len(torch_steps):]:
+            candidate = step.apply(candidate)
+        return candidate
+
+    def evaluate(self, params: dict, number: int) -> TrialRecord:
+        candidate = self.build(params)
+        settings = BenchSettings(batch_sizes=(1,), seconds=self.settings.trial_seconds, measure_memory=False,
+                                 warmup=5)
+        if self.settings.threads:
+            settings.threads = self.settings.threads
+        [result] = bench([BenchTarget(candidate.name, candidate.onnx(), self.task)], settings)
+        figures = result.to_json()
+        drop = self.constraints.tolerance.drop(self.baseline.baseline_metric, figures["metric"]["value"],
+                                               self.task.metric)
+        details = {k: v for k, v in candidate.details.items() if k != "sensitivity"}
+        return TrialRecord(number, params, candidate.name, figures, drop, self.constraints.violations(drop, figures),
+                           str(candidate.onnx()), details)

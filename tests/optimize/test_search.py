@@ -1,0 +1,140 @@
+import json
+
+import pytest
+
+from edgewise.errors import EdgewiseError
+from edgewise.optimize.run import choose, optimize, pareto, write_outputs
+from edgewise.optimize.search import Constraints, SearchSettings, TrialRecord
+from edgewise.optimize.space import space_for
+
+
+def record(number, metric, p50, size, drop, violations):
+    figures = {"metric": {"name": "accuracy", "value": metric}, "latency_ms": {"p50": p50}, "size_bytes": size,
+               "energy_j": p50 / 1000}
+    return TrialRecord(number, {}, f"r{number}", figures, drop, violations)
+
+
+def test_choose_best_feasible_on_the_objective():
+    trials = [record(0, 0.99, 1.0, 100, 0.0, {"max_drop": -1.0}),
+              record(1, 0.985, 0.4, 50, 0.5, {"max_drop": -0.5}),
+              record(2, 0.90, 0.1, 10, 9.0, {"max_drop": 8.0})]
+    chosen, met, message = choose(trials, "latency")
+    assert chosen.number == 1 and met and message == ""
+    assert [t.number for t in pareto(trials, "latency")] == [2, 1, 0]
+
+
+def test_choose_returns_closest_and_names_the_failed_constraint():
+    trials = [record(0, 0.99, 1.0, 100, 0.0, {"max_drop": -1.0, "max_size_mb": 2.0}),
+              record(1, 0.95, 0.5, 50, 4.0, {"max_drop": 3.0, "max_size_mb": 0.5})]
+    chosen, met, message = choose(trials, "latency")
+    assert not met and chosen.number == 0  # total excess 2.0 MB against 3 points + 0.5 MB
+    assert "--max-size-mb failed for every candidate" in message and "r0 (max-size-mb exceeded by 2" in message
+
+
+def test_constraints_that_contradict_or_make_no_sense_are_refused():
+    with pytest.raises(EdgewiseError, match="--max-drop must be >= 0"):
+        Constraints(max_drop=-1)
+    with pytest.raises(EdgewiseError, match="allows losing the whole metric"):
+        Constraints(max_drop=150, relative=True)
+    with pytest.raises(EdgewiseError, match="--max-size-mb must be > 0"):
+        Constraints(max_size_mb=0)
+    with pytest.raises(EdgewiseError, match="--objective 'speed'"):
+        SearchSettings(objective="speed")
+
+
+def test_space_only_offers_what_applies(tmp_path, image_task, encoder_task):
+    from edgewise.runtime import onnx as onnx_runtime
+    image_space = space_for(image_task, onnx_runtime.export_task(image_task, tmp_path / "a.onnx")[0])
+    assert image_space.depth == (1.0, 0.5)  # its residual blocks can be dropped
+    assert 0.5 in image_space.prune and "int8" in image_space.quant
+    assert "int4" not in image_space.quant  # a CNN has no MatMul weights for MatMulNBits
+    encoder_space = space_for(encoder_task, onnx_runtime.export_task(encoder_task, tmp_path / "b.onnx")[0])
+    assert encoder_space.depth == (1.0, 0.5) and "int4" in encoder_space.quant
+
+
+@pytest.fixture
+def fast_settings():
+    return SearchSettings(trials=6, time_budget_min=2, trial_seconds=0.1, distill_epochs=2)
+
+
+def test_optimize_writes_valid_artifacts(tmp_path, image_task, fast_settings):
+    result = optimize(image_task, Constraints(max_drop=5.0), fast_settings, final_seconds=0.3)
+    assert 1 <= len(result.trials) <= 6 and result.met
+    names = [c.name for c in result.finalists]
+    assert names[:2] == ["baseline", "ort-quantize_dynamic-default"] and result.chosen.recipe in names
+    out = write_outputs(result, tmp_path / "out")
+    card = json.loads((out / "card.json").read_text())
+    assert card["recipe"] == result.chosen.recipe and card["constraints"]["max_drop"] == 5.0
+    assert card["chosen"]["size_bytes"] == (out / "model.onnx").stat().st_size
+    assert len(json.loads((out / "candidates.json").read_text())) == len(result.trials)
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "ort-quantize_dynamic-default" in page and "<script" not in page
+    assert "Per-layer sensitivity" in page and "energy" in (out / "report.md").read_text().lower()
+
+
+def test_study_resumes_where_it_stopped(tmp_path, image_task, fast_settings):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = optimize(image_task, Constraints(), SearchSettings(**{**fast_settings.__dict__, "trials": 2, "study": storage}),
+                     final_seconds=0.2)
+    assert len(first.trials) == 2
+    second = optimize(image_task, Constraints(), SearchSettings(**{**fast_settings.__dict__, "trials": 4, "study": storage}),
+                      final_seconds=0.2)
+    assert len(second.trials) == 4
+    assert {t.number for t in first.trials} < {t.number for t in second.trials}  # earlier trials kept, not redone
+
+
+def _optimize_process(out, storage, trials):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "edgewise.cli", "optimize", "--example", "breast-cancer",
+                             "--trials", str(trials), "--study", storage, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_trials(storage, count, process, timeout_s=240):
+    import time
+
+    import optuna
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            study = optuna.load_study(study_name="edgewise-breast-cancer-latency", storage=storage)
+            if sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= count:
+                return
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} trials in {timeout_s} s")
+
+
+def test_killed_run_resumes_from_its_study(tmp_path):
+    import signal
+
+    import optuna
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    process = _optimize_process(tmp_path / "out", storage, trials=24)
+    _wait_for_trials(storage, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "out" / "card.json").exists()
+    before = {t.number for t in optuna.load_study(study_name="edgewise-breast-cancer-latency", storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    resumed = _optimize_process(tmp_path / "out", storage, trials=len(before) + 2)
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    numbers = {t["number"] for t in json.loads((tmp_path / "out" / "candidates.json").read_text())}
+    assert before < numbers and card["trials"] == len(before) + 2
+
+
+def test_interrupted_run_writes_best_so_far_and_a_valid_report(tmp_path):
+    import signal
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    process = _optimize_process(tmp_path / "out", storage, trials=24)
+    _wait_for_trials(storage, 1, process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130, process.communicate()
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["interrupted"] and card["trials"] >= 1
+    assert (tmp_path / "out" / "report.html").read_text().count("<svg") == 2
+    assert not list((tmp_path / "out").glob("*.part"))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from edgewise.errors import EdgewiseError
+from edgewise.load import load_onnx_task, load_task
+from tests.conftest import tiny_classifier
+
+
+@pytest.fixture
+def foreign_onnx(tmp_path):
+    """An ONNX file made by torch.onnx.export directly (the dynamo exporter), not by edgewise."""
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(tiny_classifier(), (torch.zeros(1, 6),), str(path), input_names=["features"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
+    return path
+
+
+def test_npz_with_labels_gives_accuracy_and_without_gives_fidelity(tmp_path, foreign_onnx):
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    np.savez(tmp_path / "labelled.npz", features=x, y=(x[:, 0] > 0).astype(np.int64))
+    np.savez(tmp_path / "plain.npz", x=x)
+    labelled = load_onnx_task(foreign_onnx, tmp_path / "labelled.npz")
+    assert labelled.metric.name == "accuracy" and len(labelled.calibration[0]["features"]) == 20
+    plain = load_onnx_task(foreign_onnx, tmp_path / "plain.npz")
+    assert plain.metric.name == "cosine" and len(plain.eval[0]) == 20
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({}, "holds nothing, but foreign.onnx takes inputs ['features']"),
+    ({"a": np.zeros((8, 6), np.float32), "b": np.zeros((8, 6), np.float32)}, "name the arrays after them"),
+    ({"x": np.zeros((2, 6), np.float32)}, "2 samples; give at least 4"),
+    ({"x": np.zeros((8, 6), np.float32), "y": np.zeros(5)}, "8 input samples but 5 labels"),
+])
+def test_bad_npz_is_named(tmp_path, foreign_onnx, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(EdgewiseError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_onnx_task(foreign_onnx, tmp_path / "bad.npz")
+
+
+def test_pickled_or_corrupt_npz_is_refused(tmp_path, foreign_onnx):
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}] * 8, dtype=object))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 broken")
+    for name in ("objects.npz", "corrupt.npz"):
+        with pytest.raises(EdgewiseError, match="not a readable .npz without pickles"):
+            load_onnx_task(foreign_onnx, tmp_path / name)
+
+
+def test_task_sources_are_exclusive():
+    with pytest.raises(EdgewiseError, match="not several"):
+        load_task(example="digits", onnx="m.onnx", data="d.npz")
+    with pytest.raises(EdgewiseError, match="go together"):
+        load_task(onnx="m.onnx")

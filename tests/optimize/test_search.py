@@ -45,11 +45,11 @@ def test_constraints_that_contradict_or_make_no_sense_are_refused():
 def test_space_only_offers_what_applies(tmp_path, image_task, encoder_task):
     from edgewise.runtime import onnx as onnx_runtime
     image_space = space_for(image_task, onnx_runtime.export_task(image_task, tmp_path / "a.onnx")[0])
-    assert image_space.depth == (1.0, 0.5)  # its residual blocks can be dropped
+    assert image_space.depth == (1.0, 0.67, 0.5)  # its residual blocks can be dropped
     assert 0.5 in image_space.prune and "int8" in image_space.quant
     assert "int4" not in image_space.quant  # a CNN has no MatMul weights for MatMulNBits
     encoder_space = space_for(encoder_task, onnx_runtime.export_task(encoder_task, tmp_path / "b.onnx")[0])
-    assert encoder_space.depth == (1.0, 0.5) and "int4" in encoder_space.quant
+    assert encoder_space.depth == (1.0, 0.67, 0.5) and "int4" in encoder_space.quant
 
 
 @pytest.fixture

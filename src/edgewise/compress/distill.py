@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from edgewise.errors import EdgewiseError
-from edgewise.runtime.torch import as_torch_call, first_tensor
+from edgewise.data import is_array_split
+from edgewise.runtime.torch import as_torch_call, first_tensor, predict
 from edgewise.train import LossFn, fidelity_loss
 
 
@@ -71,6 +72,24 @@ def kd_loss(teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5) ->
         if labels is None:
             return soft
         return alpha * nn.functional.cross_entropy(logits, labels.long()) + (1 - alpha) * soft
+    return loss
+
+
+def with_teacher_outputs(teacher: nn.Module, split: Any, batch_size: int = 64) -> Any:
+    """`(X, teacher(X))` for an array split: the teacher runs once, not once per epoch."""
+    if not is_array_split(split):
+        return None
+    return (split[0], predict(teacher, split[0], batch_size=batch_size))
+
+
+def matching_loss(kind: str = "cosine") -> LossFn:
+    """Output matching against targets passed as the batch's labels (see with_teacher_outputs)."""
+    def loss(model: nn.Module, inputs: Any, targets: torch.Tensor | None) -> torch.Tensor:
+        args, kwargs = as_torch_call(inputs)
+        output = first_tensor(model(*args, **kwargs))
+        if kind == "mse":
+            return nn.functional.mse_loss(output, targets)
+        return (1 - nn.functional.cosine_similarity(output, targets, dim=-1)).mean()
     return loss
 
 

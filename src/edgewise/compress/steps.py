@@ -74,7 +74,7 @@ class Distill(Step):
     depth: float | None = 0.5
     width: float | None = None
     epochs: int = 10
-    lr: float = 1e-4
+    lr: float = 3e-4
     batch_size: int = 32
     temperature: float = 2.0
     alpha: float = 0.5
@@ -90,8 +90,14 @@ class Distill(Step):
             distill.shallower(teacher, self.depth) if self.depth else copy.deepcopy(teacher))
         if self.width:
             student = prune.structured(student, task.sample_input(2), self.width, transformer=task.transformer)
-        loss = distill.distill_loss(teacher, _labels_in(task.train), self.match, self.temperature, self.alpha)
-        result = fit(student, task.train, loss_fn=loss, epochs=self.epochs, lr=self.lr,
+        labelled = _labels_in(task.train)
+        match = ("kd" if labelled else "cosine") if self.match == "auto" else self.match
+        cached = distill.with_teacher_outputs(teacher, task.train) if match in ("cosine", "mse") else None
+        if cached is not None:  # targets computed once: each epoch then runs the student only
+            train, loss = cached, distill.matching_loss(match)
+        else:
+            train, loss = task.train, distill.distill_loss(teacher, labelled, match, self.temperature, self.alpha)
+        result = fit(student, train, loss_fn=loss, epochs=self.epochs, lr=self.lr,
                      batch_size=self.batch_size, patience=self.patience, description=f"distilling ({self.label()})",
                      score_fn=lambda m: task.evaluate(lambda x: torch_runtime.predict(m, x)))
         return candidate.then(self.label(), model=student, onnx_path=None, details={

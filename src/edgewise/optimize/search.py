@@ -72,7 +72,7 @@ class SearchSettings:
     time_budget_min: float = 10.0
     study: str | None = None          # an Optuna storage URL, e.g. sqlite:///edgewise.db
     seed: int = 0
-    distill_epochs: int = 8
+    distill_epochs: int = 10
     trial_seconds: float = 0.5        # latency measurement per trial; the finalists get longer
     guard: bool = False               # accuracy guard (sensitivity fallback) in quantization steps
     threads: int | None = None

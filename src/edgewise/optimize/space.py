@@ -46,7 +46,7 @@ def space_for(task: Task, onnx_path) -> Space:
     torch_ok = not task.is_onnx and task.train is not None
     depth = (1.0,)
     if torch_ok and _block_stack(task.model) is not None:
-        depth = (1.0, 0.5)
+        depth = (1.0, 0.67, 0.5)
     prune = (0.0, 0.3, 0.5, 0.7) if torch_ok and not task.transformer else (0.0,)
     quant = ["fp32", "int8-dynamic"]
     if task.calibration is not None and not task.transformer:

@@ -1,0 +1,62 @@
+"""The recurrent state: constant in size however long the context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgewise.errors import EdgewiseError
+from edgewise.files import atomic_path
+
+
+@dataclass
+class RWKVState:
+    """Per layer: the previous token's normalised inputs and the WKV matrix, all fp32.
+
+    att_prev, ffn_prev: [L, C]; S: [L, H, N, N] indexed S[layer, head, value i, key j].
+    """
+
+    att_prev: torch.Tensor
+    ffn_prev: torch.Tensor
+    S: torch.Tensor
+
+    @classmethod
+    def zeros(cls, layers: int, width: int, heads: int, head_size: int) -> RWKVState:
+        return cls(torch.zeros(layers, width), torch.zeros(layers, width),
+                   torch.zeros(layers, heads, head_size, head_size))
+
+    def copy(self) -> RWKVState:
+        return RWKVState(self.att_prev.clone(), self.ffn_prev.clone(), self.S.clone())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.att_prev, self.ffn_prev, self.S))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the state as safetensors, atomically."""
+        with atomic_path(path) as tmp:
+            save_file({"att_prev": self.att_prev.contiguous(), "ffn_prev": self.ffn_prev.contiguous(),
+                       "S": self.S.contiguous()}, str(tmp), metadata={"format": "edgewise-rwkv7-state"})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RWKVState:
+        """A state written by `save`; anything else is an EdgewiseError naming the problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise EdgewiseError(f"{path}: no such state file; check the path")
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:
+            raise EdgewiseError(f"{path}: not a saved RWKV state ({str(exc)[:100]})") from None
+        if set(tensors) != {"att_prev", "ffn_prev", "S"} or tensors["S"].dim() != 4:
+            raise EdgewiseError(f"{path}: not a saved RWKV state (tensors {sorted(tensors)})")
+        return cls(tensors["att_prev"].float(), tensors["ffn_prev"].float(), tensors["S"].float())
+
+    def check(self, layers: int, width: int, heads: int, head_size: int) -> None:
+        if tuple(self.S.shape) != (layers, heads, head_size, head_size) or tuple(self.att_prev.shape) != (layers, width):
+            raise EdgewiseError(f"the state is for another model shape (S {list(self.S.shape)}); "
+                                f"this model has {layers} layers, width {width}")

@@ -5,23 +5,32 @@ Example:
     >>> task = edgewise.load_example("digits")
     >>> result = edgewise.compress(task, [edgewise.Prune(0.5), edgewise.Int8()])
     >>> found = edgewise.optimize(task, edgewise.Constraints(max_drop=1.0))
+
+Names load on first use, so `from edgewise.rwkv import RWKV` does not import ONNX Runtime,
+Optuna or scikit-learn (a device running only the RWKV runtime keeps that memory).
 """
 
-from edgewise.compress.recipe import CompressResult, compress
-from edgewise.compress.sensitivity import Tolerance
-from edgewise.compress.steps import Distill, Int4, Int8, Int8Dynamic, Int8Weight, Prune
-from edgewise.errors import EdgewiseError
-from edgewise.examples import load_example
-from edgewise.measure.bench import BenchResult, BenchSettings, BenchTarget, bench
-from edgewise.measure.energy import Prices
-from edgewise.optimize.run import OptimizeResult, optimize
-from edgewise.optimize.search import Constraints, SearchSettings
-from edgewise.runtime.onnx import export_task
-from edgewise.task import Task, load_task_file
+from importlib import import_module
 
-__all__ = [
-    "BenchResult", "BenchSettings", "BenchTarget", "CompressResult", "Constraints", "Distill", "EdgewiseError",
-    "Int4", "Int8", "Int8Dynamic", "Int8Weight", "OptimizeResult", "Prices", "Prune", "SearchSettings", "Task",
-    "Tolerance", "bench", "compress", "export_task", "load_example", "load_task_file", "optimize",
-]
+_EXPORTS = {
+    "CompressResult": "edgewise.compress.recipe", "compress": "edgewise.compress.recipe",
+    "Tolerance": "edgewise.compress.sensitivity",
+    "Distill": "edgewise.compress.steps", "Int4": "edgewise.compress.steps", "Int8": "edgewise.compress.steps",
+    "Int8Dynamic": "edgewise.compress.steps", "Int8Weight": "edgewise.compress.steps", "Prune": "edgewise.compress.steps",
+    "EdgewiseError": "edgewise.errors", "load_example": "edgewise.examples",
+    "BenchResult": "edgewise.measure.bench", "BenchSettings": "edgewise.measure.bench",
+    "BenchTarget": "edgewise.measure.bench", "bench": "edgewise.measure.bench", "Prices": "edgewise.measure.energy",
+    "OptimizeResult": "edgewise.optimize.run", "optimize": "edgewise.optimize.run",
+    "Constraints": "edgewise.optimize.search", "SearchSettings": "edgewise.optimize.search",
+    "export_task": "edgewise.runtime.onnx", "Task": "edgewise.task", "load_task_file": "edgewise.task",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgewise' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import typer
 from typer.exceptions import TyperException
 
 from edgewise.errors import EdgewiseError
+from edgewise.rwkv.cli import app as rwkv_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Make trained models fit the edge, and prove what it cost.")
@@ -20,6 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root() -> None:
     """Make trained models fit the edge, and prove what it cost."""
+
+
+app.add_typer(rwkv_app, name="rwkv")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path
 from edgewise.rwkv import checkpoint
+from edgewise.runtime.torch import load_weights
 from edgewise.rwkv.checkpoint import MATRICES, Dims
-from edgewise.rwkv.quant import Matrix, from_tensors, quantize
+from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, quantize
 from edgewise.rwkv.state import RWKVState
 
-CONVERTED_FORMAT = "edgewise-rwkv7"
+CONVERTED_FORMAT = "edgewise-rwkv7"  # key of the header tensor in a converted file
 PREFILL_CHUNK = 512  # tokens per prefill pass: bounds activation memory for long prompts
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _SMALL = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.w0", "att.w1", "att.w2", "att.a0", "att.a1",
@@ -36,6 +35,18 @@ class _Layer:
     p: dict[str, torch.Tensor]      # small fp32 tensors, [C] or LoRA [C, D] / [D, C]
     mix: torch.Tensor               # [6, 1, C]: x_r, x_w, x_k, x_v, x_a, x_g
     m: dict[str, Matrix]            # R K V O FK FV
+    lora_in: torch.Tensor = None    # [4, C, D]: w1, a1, v1, g1 zero-padded to one rank D
+    lora_out: torch.Tensor = None   # [4, D, C]: w2, a2, v2, g2
+
+    def __post_init__(self) -> None:
+        # The four LoRAs run as two batched matmuls instead of eight small ones (decode is
+        # dominated by per-op overhead). Layer 0 has no v LoRA: zeros, its result unused.
+        width = self.mix.shape[-1]
+        firsts = [self.p.get(f"att.{n}1", torch.zeros(width, 1)) for n in "wavg"]
+        rank = max(f.shape[1] for f in firsts)
+        self.lora_in = torch.stack([F.pad(f, (0, rank - f.shape[1])) for f in firsts])
+        seconds = [self.p.get(f"att.{n}2", torch.zeros(f.shape[1], width)) for n, f in zip("wavg", firsts)]
+        self.lora_out = torch.stack([F.pad(s_, (0, 0, 0, rank - s_.shape[0])) for s_ in seconds])
 
 
 class PrefixCache:
@@ -65,7 +76,7 @@ class PrefixCache:
 class RWKV:
     """An RWKV-7 model ready to run. Load with `RWKV.load(path, quant=None|"int8"|"int4")`."""
 
-    def __init__(self, dims: Dims, emb: torch.Tensor, layers: list[_Layer], ln_out: tuple[torch.Tensor, torch.Tensor],
+    def __init__(self, dims: Dims, emb: Embedding, layers: list[_Layer], ln_out: tuple[torch.Tensor, torch.Tensor],
                  head: Matrix, quant: str | None) -> None:
         self.dims, self.emb, self.layers, self.ln_out, self.head, self.quant = dims, emb, layers, ln_out, head, quant
         self.cache = PrefixCache()
@@ -79,12 +90,12 @@ class RWKV:
             raise EdgewiseError(f"quant {quant!r}: use int8 or int4 (or none for fp32)")
         quant = None if quant == "fp32" else quant
         path = Path(path)
-        converted = _converted_metadata(path)
-        if converted is not None:
-            return cls._load_converted(path, converted, quant)
-        weights, dims = checkpoint.load(path)
-        emb = F.layer_norm(weights["emb.weight"].float(), (dims.width,), weights["blocks.0.ln0.weight"].float(),
-                           weights["blocks.0.ln0.bias"].float())  # LN0 folded into the table once
+        weights = load_weights(path)
+        if CONVERTED_FORMAT in weights:
+            return cls._load_converted(path, weights, quant)
+        dims = checkpoint.dims_of(weights, path)
+        emb = fold_embedding(weights["emb.weight"], weights["blocks.0.ln0.weight"].float(),
+                             weights["blocks.0.ln0.bias"].float(), quantized=quant is not None)
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
@@ -94,44 +105,45 @@ class RWKV:
             layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices))
         ln_out = (weights["ln_out.weight"].float(), weights["ln_out.bias"].float())
         head = quantize(weights["head.weight"], quant)
-        return cls(dims, emb.to(torch.bfloat16) if quant else emb, layers, ln_out, head, quant)
+        return cls(dims, emb, layers, ln_out, head, quant)
 
     @classmethod
-    def _load_converted(cls, path: Path, meta: dict, quant: str | None) -> RWKV:
-        stored = meta.get("quant") or None
+    def _load_converted(cls, path: Path, tensors: dict, quant: str | None) -> RWKV:
+        header = tensors[CONVERTED_FORMAT].tolist()   # [layers, width, heads, head_size, vocab, ffn, bits]
+        stored = {0: None, 8: "int8", 4: "int4"}[header[6]]
         if quant is not None and quant != stored:
             raise EdgewiseError(f"{path} is already converted to {stored or 'fp32'}; load it without --quant "
                                 f"or convert the original checkpoint to {quant}")
-        dims = Dims(**{k: int(meta[k]) for k in ("layers", "width", "heads", "head_size", "vocab", "ffn")})
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        dims = Dims(*header[:6])
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
             p = {name: tensors[b + name] for name in _SMALL if b + name in tensors}
             matrices = {name: from_tensors(tensors, b + name) for name in MATRICES}
             layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices))
-        return cls(dims, tensors["emb.folded"], layers, (tensors["ln_out.weight"], tensors["ln_out.bias"]),
+        return cls(dims, Embedding.from_tensors(tensors), layers, (tensors["ln_out.weight"], tensors["ln_out.bias"]),
                    from_tensors(tensors, "head.weight"), stored)
 
     def save(self, path: str | Path) -> Path:
-        """Write this model (quantized as loaded) as safetensors that `load` memory-maps back."""
-        tensors = {"emb.folded": self.emb, "ln_out.weight": self.ln_out[0], "ln_out.bias": self.ln_out[1],
-                   **self.head.tensors("head.weight")}
+        """Write this model, quantized as loaded, as a flat dict of tensors (torch's zip format) that
+        `load` memory-maps back: weights are used in place, not copied."""
+        d = self.dims
+        header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant]]
+        tensors = {CONVERTED_FORMAT: torch.tensor(header), **self.emb.tensors(), "ln_out.weight": self.ln_out[0],
+                   "ln_out.bias": self.ln_out[1], **self.head.tensors("head.weight")}
         for i, layer in enumerate(self.layers):
             tensors.update({f"blocks.{i}.{k}": v for k, v in layer.p.items()})
             for name, matrix in layer.m.items():
                 tensors.update(matrix.tensors(f"blocks.{i}.{name}"))
-        meta = {"format": CONVERTED_FORMAT, "quant": self.quant or "", **{k: str(v) for k, v in vars(self.dims).items()}}
         with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
         return Path(path)
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights streamed per decoded token (matrices and head; one embedding row)."""
         matrices = sum(m.nbytes for layer in self.layers for m in layer.m.values()) + self.head.nbytes
-        return matrices + self.dims.width * self.emb.element_size()
+        return matrices + self.emb.row_bytes
 
     # -- running ---------------------------------------------------------------------------
     def new_state(self) -> RWKVState:
@@ -171,7 +183,7 @@ class RWKV:
                                for start in range(0, len(tokens), PREFILL_CHUNK)])
 
     def _run(self, tokens: torch.Tensor, state: RWKVState, every: bool = False) -> np.ndarray:
-        x = self.emb[tokens].float()                                       # [T, C]
+        x = self.emb(tokens)                                               # [T, C]
         v_first = None
         for i, layer in enumerate(self.layers):
             dx, v_first = self._time_mix(i, layer, x, state, v_first)
@@ -186,17 +198,21 @@ class RWKV:
         xa = F.layer_norm(x, (C,), p["ln1.weight"], p["ln1.bias"])
         prev = torch.cat([state.att_prev[i:i + 1], xa[:-1]])             # token shift
         state.att_prev[i] = xa[-1]
-        xr, xw, xk, xv, xa_, xg = xa + (prev - xa) * layer.mix            # [6, T, C]
+        mixed = xa + (prev - xa) * layer.mix                               # [6, T, C]
+        xr, xw, xk, xv, xa_, xg = mixed.to(torch.bfloat16) if self.quant else mixed
         r, k, v = m["att.receptance.weight"](xr), m["att.key.weight"](xk), m["att.value.weight"](xv)
-        w = torch.exp(-0.606531 * torch.sigmoid(p["att.w0"] + torch.tanh(xw @ p["att.w1"]) @ p["att.w2"]))
-        a = torch.sigmoid(p["att.a0"] + (xa_ @ p["att.a1"]) @ p["att.a2"])
-        g = torch.sigmoid(xg @ p["att.g1"]) @ p["att.g2"]
+        low = torch.bmm(mixed[[1, 4, 3, 5]], layer.lora_in)                # [4, T, D]: w, a, v, g
+        low = torch.cat([torch.tanh(low[:1]), low[1:3], torch.sigmoid(low[3:])])
+        lw, la, lv, lg = torch.bmm(low, layer.lora_out)                    # [4, T, C]
+        w = torch.exp(-0.606531 * torch.sigmoid(p["att.w0"] + lw))
+        a = torch.sigmoid(p["att.a0"] + la)
+        g = lg
         kk = F.normalize((k * p["att.k_k"]).view(T, H, N), dim=-1, eps=1e-12).view(T, C)
         k = k * (1 + (a - 1) * p["att.k_a"])
         if i == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(p["att.v0"] + (xv @ p["att.v1"]) @ p["att.v2"])
+            v = v + (v_first - v) * torch.sigmoid(p["att.v0"] + lv)
         y = _wkv(state.S[i], r, w, k, v, kk, a, H, N)                      # [T, C]
         y = F.group_norm(y, H, p["att.ln_x.weight"], p["att.ln_x.bias"], eps=64e-5)
         bonus = (r * k * p["att.r_k"].reshape(-1)).view(T, H, N).sum(-1, keepdim=True) * v.view(T, H, N)
@@ -214,23 +230,12 @@ class RWKV:
 def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
     """The WKV-7 recurrence over T tokens; S [H, N, N] is updated in place. Returns y [T, C]."""
     T = r.shape[0]
-    r_, w_, k_, v_ = (t.view(T, H, N, 1) for t in (r, w, k, v))
-    kk_, b_ = kk.view(T, H, N, 1), (kk * a).view(T, H, 1, N)
+    r_, w_, k_, kk_, b_ = (t.view(T, H, 1, N) for t in (r, w, k, kk, kk * a))   # rows: indexed by key j
+    v_ = v.view(T, H, N, 1)                                                       # column: by value i
     ys = []
     for t in range(T):
-        # S = S * w[key] - (S @ kk) b^T + v k^T, with S @ kk taken before the decay
-        removed = (S @ kk_[t]) @ b_[t]
-        S.mul_(w_[t].transpose(1, 2)).sub_(removed).add_(v_[t] @ k_[t].transpose(1, 2))
-        ys.append(S @ r_[t])                                               # [H, N, 1]
+        # S = S * w - (S kk) b^T + v k^T, elementwise: cheaper than batched matmuls this small
+        removed = (S * kk_[t]).sum(-1, keepdim=True)                      # S @ kk, before the decay
+        S.mul_(w_[t]).addcmul_(v_[t], k_[t]).addcmul_(removed, b_[t], value=-1.0)
+        ys.append((S * r_[t]).sum(-1))                                    # S @ r: [H, N]
     return torch.stack(ys).view(T, H * N)
-
-
-def _converted_metadata(path: Path) -> dict | None:
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:
-        return None  # not readable as safetensors: checkpoint.load reports it
-    return meta if meta.get("format") == CONVERTED_FORMAT else None

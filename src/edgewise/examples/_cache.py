@@ -1,15 +1,24 @@
-"""Train an example model once and keep its weights in the cache folder (safetensors)."""
+"""Shared by the examples: a stratified split, and training once with the weights cached."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from safetensors.torch import load_file, save_file
 
 from edgewise.files import atomic_path, cache_dir
 from edgewise.train import fit
+
+
+def stratified_split(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[tuple, tuple]:
+    """70% train, 30% eval, classes in the same proportions: ((x, y), (x, y))."""
+    x_train, x_eval, y_train, y_eval = train_test_split(features, labels.astype(np.int64), test_size=0.3,
+                                                        stratify=labels, random_state=seed)
+    return (x_train, y_train), (x_eval, y_eval)
 
 
 def trained(key: str, build: Callable[[], torch.nn.Module], train: Any, **fit_options: Any) -> torch.nn.Module:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import nn
 
-from edgewise.examples._cache import trained
+from edgewise.examples._cache import stratified_split, trained
 from edgewise.task import Task
 
 
@@ -27,10 +26,7 @@ def build() -> nn.Module:
 def splits(seed: int = 0) -> tuple[tuple, tuple]:
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
-    labels = data.target.astype(np.int64)
-    x_train, x_eval, y_train, y_eval = train_test_split(images, labels, test_size=0.3,
-                                                        stratify=labels, random_state=seed)
-    return (x_train, y_train), (x_eval, y_eval)
+    return stratified_split(images, data.target, seed)
 
 
 def load() -> Task:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,11 +75,19 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise EdgewiseError(f"{path}: not a valid safetensors file ({exc}); re-save it") from None
     try:
         # mmap needs the zip format of torch.save; legacy files are read whole.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "unsupported content"
+        with open(path, "rb") as f:
+            is_pickle = zipfile.is_zipfile(path) or f.read(1) == b"\x80"   # torch zip, or a raw pickle
+        if not is_pickle:
+            raise EdgewiseError(f"{path}: not a readable PyTorch weights file (neither torch's zip format nor a "
+                                "pickle); check the file") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        reason = f"it references {found.group(1)}" if found else "it holds objects or code"
         raise EdgewiseError(
-            f"{path}: refused to unpickle it, it holds more than weights ({reason[:120]}); "
+            f"{path}: refused to unpickle it, it holds more than weights ({reason}); "
             "save a state_dict (torch.save(model.state_dict(), path)) or a .safetensors file") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]}); "

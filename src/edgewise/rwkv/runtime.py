@@ -23,7 +23,8 @@ from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors,
 from edgewise.rwkv.state import RWKVState
 
 CONVERTED_FORMAT = "edgewise-rwkv7"  # key of the header tensor in a converted file
-PREFILL_CHUNK = 512  # tokens per prefill pass: bounds activation memory for long prompts
+TORCH_VERSION_KEY = "edgewise-rwkv7.torch"  # kernel layouts in a converted file are this torch's
+PREFILL_CHUNK = 256  # tokens per prefill pass: bounds activation memory; 256 keeps the GEMMs efficient
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _SMALL = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.w0", "att.w1", "att.w2", "att.a0", "att.a1",
           "att.a2", "att.v0", "att.v1", "att.v2", "att.g1", "att.g2", "att.k_k", "att.k_a", "att.r_k",
@@ -37,6 +38,7 @@ class _Layer:
     m: dict[str, Matrix]            # R K V O FK FV
     lora_in: torch.Tensor = None    # [4, C, D]: w1, a1, v1, g1 zero-padded to one rank D
     lora_out: torch.Tensor = None   # [4, D, C]: w2, a2, v2, g2
+    lora_dtype: torch.dtype = torch.float32   # bf16 in quantized models: half the memory
 
     def __post_init__(self) -> None:
         # The four LoRAs run as two batched matmuls instead of eight small ones (decode is
@@ -44,9 +46,9 @@ class _Layer:
         width = self.mix.shape[-1]
         firsts = [self.p.get(f"att.{n}1", torch.zeros(width, 1)) for n in "wavg"]
         rank = max(f.shape[1] for f in firsts)
-        self.lora_in = torch.stack([F.pad(f, (0, rank - f.shape[1])) for f in firsts])
+        self.lora_in = torch.stack([F.pad(f, (0, rank - f.shape[1])) for f in firsts]).to(self.lora_dtype)
         seconds = [self.p.get(f"att.{n}2", torch.zeros(f.shape[1], width)) for n, f in zip("wavg", firsts)]
-        self.lora_out = torch.stack([F.pad(s_, (0, 0, 0, rank - s_.shape[0])) for s_ in seconds])
+        self.lora_out = torch.stack([F.pad(s_, (0, 0, 0, rank - s_.shape[0])) for s_ in seconds]).to(self.lora_dtype)
 
 
 class PrefixCache:
@@ -102,7 +104,8 @@ class RWKV:
             p = {name: weights[b + name].float().reshape(-1) if weights[b + name].dim() != 2 or name == "att.r_k"
                  else weights[b + name].float() for name in _SMALL if b + name in weights}
             matrices = {name: quantize(weights[b + name], quant) for name in MATRICES}
-            layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices))
+            layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices,
+                                 lora_dtype=torch.bfloat16 if quant else torch.float32))
         ln_out = (weights["ln_out.weight"].float(), weights["ln_out.bias"].float())
         head = quantize(weights["head.weight"], quant)
         return cls(dims, emb, layers, ln_out, head, quant)
@@ -115,21 +118,24 @@ class RWKV:
             raise EdgewiseError(f"{path} is already converted to {stored or 'fp32'}; load it without --quant "
                                 f"or convert the original checkpoint to {quant}")
         dims = Dims(*header[:6])
+        same_torch = bytes(tensors.get(TORCH_VERSION_KEY, torch.tensor([], dtype=torch.uint8)).tolist()) == _torch_version()
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
             p = {name: tensors[b + name] for name in _SMALL if b + name in tensors}
-            matrices = {name: from_tensors(tensors, b + name) for name in MATRICES}
-            layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices))
+            matrices = {name: from_tensors(tensors, b + name, same_torch) for name in MATRICES}
+            layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices,
+                                 lora_dtype=torch.bfloat16 if stored else torch.float32))
         return cls(dims, Embedding.from_tensors(tensors), layers, (tensors["ln_out.weight"], tensors["ln_out.bias"]),
-                   from_tensors(tensors, "head.weight"), stored)
+                   from_tensors(tensors, "head.weight", same_torch), stored)
 
     def save(self, path: str | Path) -> Path:
         """Write this model, quantized as loaded, as a flat dict of tensors (torch's zip format) that
         `load` memory-maps back: weights are used in place, not copied."""
         d = self.dims
         header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant]]
-        tensors = {CONVERTED_FORMAT: torch.tensor(header), **self.emb.tensors(), "ln_out.weight": self.ln_out[0],
+        tensors = {CONVERTED_FORMAT: torch.tensor(header), TORCH_VERSION_KEY: torch.tensor(list(_torch_version()),
+                   dtype=torch.uint8), **self.emb.tensors(), "ln_out.weight": self.ln_out[0],
                    "ln_out.bias": self.ln_out[1], **self.head.tensors("head.weight")}
         for i, layer in enumerate(self.layers):
             tensors.update({f"blocks.{i}.{k}": v for k, v in layer.p.items()})
@@ -201,9 +207,9 @@ class RWKV:
         mixed = xa + (prev - xa) * layer.mix                               # [6, T, C]
         xr, xw, xk, xv, xa_, xg = mixed.to(torch.bfloat16) if self.quant else mixed
         r, k, v = m["att.receptance.weight"](xr), m["att.key.weight"](xk), m["att.value.weight"](xv)
-        low = torch.bmm(mixed[[1, 4, 3, 5]], layer.lora_in)                # [4, T, D]: w, a, v, g
+        low = torch.bmm(mixed[[1, 4, 3, 5]].to(layer.lora_dtype), layer.lora_in)   # [4, T, D]: w, a, v, g
         low = torch.cat([torch.tanh(low[:1]), low[1:3], torch.sigmoid(low[3:])])
-        lw, la, lv, lg = torch.bmm(low, layer.lora_out)                    # [4, T, C]
+        lw, la, lv, lg = torch.bmm(low, layer.lora_out).float()            # [4, T, C]
         w = torch.exp(-0.606531 * torch.sigmoid(p["att.w0"] + lw))
         a = torch.sigmoid(p["att.a0"] + la)
         g = lg
@@ -239,3 +245,7 @@ def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
         S.mul_(w_[t]).addcmul_(v_[t], k_[t]).addcmul_(removed, b_[t], value=-1.0)
         ys.append((S * r_[t]).sum(-1))                                    # S @ r: [H, N]
     return torch.stack(ys).view(T, H * N)
+
+
+def _torch_version() -> bytes:
+    return torch.__version__.encode()

@@ -173,6 +173,7 @@ def train(out: str | Path | None = None, minutes: float = 3.0, batch: int = 8, c
     used = torch.from_numpy(np.unique(train_tokens))          # the head rows the corpus can train
     position = torch.full((model.vocab,), -1, dtype=torch.long)
     position[used] = torch.arange(len(used))
+    unseen = torch.from_numpy(np.setdiff1d(np.arange(model.vocab), used.numpy()))
     before = held_out_loss(model, held, context)
     deadline, steps = time.monotonic() + minutes * 60, 0
     with progress_bar(disable=not show_progress) as progress:
@@ -180,9 +181,12 @@ def train(out: str | Path | None = None, minutes: float = 3.0, batch: int = 8, c
         while time.monotonic() < deadline:
             starts = rng.integers(0, len(train_tokens) - context - 1, batch)
             window = torch.from_numpy(np.stack([train_tokens[s:s + context + 1] for s in starts]))
+            # The corpus's tokens plus a random sample of the others, so that tokens it never uses
+            # are pushed down too (their logits would otherwise stay at their random start).
+            outputs = torch.cat([used, unseen[torch.from_numpy(rng.choice(len(unseen), 4096, replace=False))]])
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(window[:, :-1], used)
-            loss = F.cross_entropy(logits.float().reshape(-1, len(used)), position[window[:, 1:]].reshape(-1))
+                logits = model(window[:, :-1], outputs)
+            loss = F.cross_entropy(logits.float().reshape(-1, len(outputs)), position[window[:, 1:]].reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

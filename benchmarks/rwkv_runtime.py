@@ -1,0 +1,125 @@
+"""Part 4: edgewise's RWKV-7 runtime next to BlinkDL's `rwkv` package (fp32 CPU), in one run.
+
+On a 0.1B-shaped random checkpoint (12 layers, width 768, vocab 65536): decode and prefill
+tokens/s, peak RSS (each model in a fresh process), and decode's share of the measured memory
+bandwidth. On the tiny trained model: perplexity of fp32, int8 and int4 on held-out text.
+
+    python benchmarks/rwkv_runtime.py [--decode 48] [--prompt 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+WORKER = Path(__file__).with_name("_rwkv_worker.py")
+
+
+def bandwidth_gb_s() -> float:
+    """Read bandwidth: best of 5 sums over 1 GiB of fp32."""
+    data = torch.ones(256 * 2**20)
+    data.sum()
+    best = min(_timed(data.sum) for _ in range(5))
+    return data.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(kind: str, path: Path, prompt: int, decode: int, quant: str | None = None) -> dict:
+    args = [sys.executable, str(WORKER), kind, str(path), str(prompt), str(decode)] + ([quant] if quant else [])
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speed(console: Console, prompt: int, decode: int) -> None:
+    from edgewise.rwkv import RWKV
+    from edgewise.rwkv.synthetic import random_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="edgewise-rwkv-bench-"))
+    checkpoint = random_checkpoint(folder / "rwkv7-0.1b-shape.pth", layers=12, width=768, vocab=65536,
+                                   ranks=(64, 64, 32, 128))
+    files = {q: RWKV.load(checkpoint, quant=q).save(folder / f"{q}.pt") for q in ("int8", "int4")}
+    bandwidth = bandwidth_gb_s()
+    rows = {"reference fp32 (rwkv package)": run("reference", checkpoint, prompt, decode)}
+    rows["edgewise int8"] = run("edgewise", files["int8"], prompt, decode)
+    rows["edgewise int4"] = run("edgewise", files["int4"], prompt, decode)
+    rows["edgewise fp32"] = run("edgewise", checkpoint, prompt, decode)
+    again = run("reference", checkpoint, prompt, decode)  # the peer twice: drift shows
+    ref = rows["reference fp32 (rwkv package)"]
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        ref[key] = (ref[key] + again[key]) / 2
+    table = Table(title=f"RWKV-7 0.1B shape, {torch.get_num_threads()} threads, bandwidth measured {bandwidth:.1f} GB/s",
+                  title_justify="left")
+    for column in ("runtime", "decode tok/s", "vs reference", "prefill tok/s (512)", "vs reference",
+                   "peak RSS MB", "vs reference", "weights MB/token", "bandwidth used"):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    for name, r in rows.items():
+        used = (r["weight_bytes"] * r["decode_tokens_per_s"] / 1e9 / bandwidth) if r["weight_bytes"] else None
+        table.add_row(name, f"{r['decode_tokens_per_s']:.1f}", f"{r['decode_tokens_per_s'] / ref['decode_tokens_per_s']:.2f}x",
+                      f"{r['prefill_tokens_per_s']:.0f}", f"{r['prefill_tokens_per_s'] / ref['prefill_tokens_per_s']:.2f}x",
+                      f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.0%}",
+                      f"{r['weight_bytes'] / 2**20:.0f}" if r["weight_bytes"] else "-", f"{used:.0%}" if used else "-")
+    console.print(table)
+    int8, int4 = rows["edgewise int8"], rows["edgewise int4"]
+    share = lambda r: r["weight_bytes"] * r["decode_tokens_per_s"] / 1e9 / bandwidth  # noqa: E731
+    checks = [
+        ("int8 decode >= 3x the reference's tokens/s", int8["decode_tokens_per_s"] >= 3 * ref["decode_tokens_per_s"],
+         f"{int8['decode_tokens_per_s'] / ref['decode_tokens_per_s']:.2f}x"),
+        ("int4 decode faster than int8", int4["decode_tokens_per_s"] > int8["decode_tokens_per_s"],
+         f"{int4['decode_tokens_per_s']:.1f} vs {int8['decode_tokens_per_s']:.1f} tok/s"),
+        ("512-token prefill >= 2x the reference's sequence mode (int8)",
+         int8["prefill_tokens_per_s"] >= 2 * ref["prefill_tokens_per_s"],
+         f"{int8['prefill_tokens_per_s'] / ref['prefill_tokens_per_s']:.2f}x"),
+        ("decode reaches >= 50% of the bandwidth limit (int8)", share(int8) >= 0.5, f"{share(int8):.0%}"),
+        ("decode reaches >= 50% of the bandwidth limit (int4)", share(int4) >= 0.5, f"{share(int4):.0%}"),
+        ("int4 decode peak RSS < 40% of the reference's", int4["peak_rss_mb"] < 0.4 * ref["peak_rss_mb"],
+         f"{int4['peak_rss_mb'] / ref['peak_rss_mb']:.0%}"),
+    ]
+    for goal, ok, figure in checks:
+        console.print(f"{'PASS' if ok else 'FAIL'}  {goal}: {figure}")
+
+
+def quality(console: Console, held_tokens: int = 4096) -> None:
+    from edgewise.rwkv import RWKV
+    from edgewise.rwkv.tokenizer import world_tokenizer
+    from edgewise.rwkv.train import corpus, default_model_path, held_out_split, perplexity, train
+
+    path = default_model_path()
+    if not path.is_file():
+        train(path)
+    _, held = held_out_split(np.asarray(world_tokenizer().encode(corpus()), dtype=np.int64))
+    held = held[:held_tokens]
+    ppl = {q or "fp32": perplexity(RWKV.load(path, quant=q).logits_all, held) for q in (None, "int8", "int4")}
+    console.print(f"tiny trained RWKV-7 ({path.name}), perplexity on {len(held)} held-out tokens: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
+    for quant, limit in (("int8", 0.01), ("int4", 0.05)):
+        change = ppl[quant] / ppl["fp32"] - 1
+        console.print(f"{'PASS' if change <= limit else 'FAIL'}  {quant} perplexity within {limit:.0%} of fp32: {change:+.2%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--decode", type=int, default=48)
+    options = parser.parse_args()
+    console = Console(width=160)
+    speed(console, options.prompt, options.decode)
+    quality(console)
+
+
+if __name__ == "__main__":
+    main()

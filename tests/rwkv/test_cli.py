@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import torch
+
+from edgewise.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_streams_reproducibly_with_a_seed(capsys, world_checkpoint):
+    args = ["rwkv", "generate", world_checkpoint, "--prompt", "Once upon", "--max-tokens", "12", "--seed", "3"]
+    code, first, _ = run(capsys, *args, "--quant", "int8")
+    assert code == 0 and first.startswith("Once upon") and len(first) > len("Once upon")
+    assert run(capsys, *args, "--quant", "int8")[1] == first
+
+
+def test_bench_json_and_convert(tmp_path, capsys, world_checkpoint):
+    code, out, _ = run(capsys, "rwkv", "convert", world_checkpoint, "--quant", "int4", "--out", tmp_path / "m.pt")
+    assert code == 0 and (tmp_path / "m.pt").is_file()
+    code, out, _ = run(capsys, "rwkv", "bench", tmp_path / "m.pt", "--json", "--prompt-tokens", "32",
+                       "--decode-tokens", "4")
+    figures = json.loads(out)
+    assert code == 0 and figures["quant"] == "int4" and figures["energy_method"] == "estimate"
+    assert figures["decode_tokens_per_s"] > 0 and figures["prefill_tokens_per_s"] > 0 and figures["energy_j_per_token"] > 0
+    assert figures["state_bytes"] == 2 * (2 + 64) * 128 * 4
+
+
+@pytest.fixture
+def bad_files(tmp_path, world_checkpoint):
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rwkv", "generate", "{d}/missing.pth"], "no such file"),
+    (["rwkv", "generate", "{d}/garbage.pth"], "not a readable PyTorch weights file"),
+    (["rwkv", "generate", "{d}/other.pth"], "not an RWKV checkpoint"),
+    (["rwkv", "generate", "{w}", "--quant", "int3"], "quant 'int3'"),
+    (["rwkv", "generate", "{w}", "--prompt", "bad \udcff"], "not valid UTF-8"),
+    (["rwkv", "generate", "{w}", "--top-p", "0"], "top-p"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, bad_files, world_checkpoint, argv, message):
+    code, _, err = run(capsys, *[a.format(d=bad_files, w=world_checkpoint) for a in argv])
+    assert code == 2 and message in err and err.count("\n") == 1, err

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from edgewise.errors import EdgewiseError
+from edgewise.rwkv import RWKV, RWKVState, checkpoint, reference
+from tests.rwkv.conftest import cosine, reference_package, relative_error
+
+TOKENS = [1, 5, 77, 3, 42, 200, 7, 9, 64, 65, 66, 2]
+
+
+def _reference_logits(path, tokens):
+    weights, dims = checkpoint.load(path)
+    return reference.forward(reference.params_from(weights, dims), tokens, None, dims)[0]
+
+
+@pytest.mark.parametrize("shape", ["small", "other"])
+def test_fast_fp32_matches_reference_and_the_rwkv_package(checkpoints, shape):
+    model = RWKV.load(checkpoints[shape])
+    expected = _reference_logits(checkpoints[shape], TOKENS)
+    prefill, _ = model.forward(TOKENS, use_cache=False)
+    assert relative_error(prefill, expected) < 1e-4
+    theirs, _ = reference_package(checkpoints[shape]).forward(TOKENS, None)
+    assert relative_error(prefill, theirs.float().numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("shape", ["small", "other"])
+def test_prefill_equals_token_by_token(checkpoints, shape):
+    model = RWKV.load(checkpoints[shape])
+    whole, whole_state = model.forward(TOKENS, use_cache=False)
+    state = None
+    for token in TOKENS:
+        step, state = model.forward([token], state, use_cache=False)
+    assert relative_error(step, whole) < 1e-5
+    assert torch.allclose(state.S, whole_state.S, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant, min_cosine", [("int8", 0.999), ("int4", 0.95)])  # random weights: int4 worst case
+def test_quantized_runtime_stays_close(checkpoints, quant, min_cosine):
+    expected = _reference_logits(checkpoints["other"], TOKENS)
+    model = RWKV.load(checkpoints["other"], quant=quant)
+    logits, _ = model.forward(TOKENS, use_cache=False)
+    assert cosine(logits, expected) > min_cosine
+    if quant == "int8":  # int4 on random Gaussian weights reorders near-tied logits; its quality is
+        assert np.argmax(expected) == np.argmax(logits)  # judged by perplexity on the trained model
+    assert model.weight_bytes < RWKV.load(checkpoints["other"]).weight_bytes / (3.5 if quant == "int8" else 5)
+
+
+def test_state_save_load_gives_identical_logits(tmp_path, checkpoints):
+    model = RWKV.load(checkpoints["small"], quant="int8")
+    _, state = model.forward(TOKENS, use_cache=False)
+    state.save(tmp_path / "state.safetensors")
+    restored = RWKVState.load(tmp_path / "state.safetensors")
+    a, _ = model.forward([13], state, use_cache=False)
+    b, _ = model.forward([13], restored, use_cache=False)
+    assert np.array_equal(a, b)
+    copy = state.copy()
+    model.forward([13], state, use_cache=False)  # forward never changes the state it is given
+    assert torch.equal(copy.S, state.S)
+
+
+def test_prefix_cache_resumes_a_shared_prompt(checkpoints):
+    model = RWKV.load(checkpoints["small"])
+    system = [1, 2, 3, 4, 5, 6]
+    first, _ = model.forward(system + [10, 11])
+    assert model.cache.hits == 0
+    model.forward(system)
+    second, _ = model.forward(system + [10, 11])          # whole prompt cached
+    third, _ = model.forward(system + [12])               # the shared prefix resumed
+    assert model.cache.hits >= 2
+    assert np.array_equal(first, second)
+    fresh, _ = model.forward(system + [12], use_cache=False)
+    assert relative_error(third, fresh) < 1e-6
+
+
+def test_converted_file_loads_back_with_the_same_logits(tmp_path, checkpoints):
+    for quant in ("int8", "int4"):
+        model = RWKV.load(checkpoints["other"], quant=quant)
+        path = model.save(tmp_path / f"m-{quant}.pt")
+        loaded = RWKV.load(path)
+        assert loaded.quant == quant
+        assert np.array_equal(model.forward(TOKENS, use_cache=False)[0], loaded.forward(TOKENS, use_cache=False)[0])
+        with pytest.raises(EdgewiseError, match="already converted"):
+            RWKV.load(path, quant="int8" if quant == "int4" else "int4")
+    # a file written by another torch version: the int4 kernel layout is rebuilt from the nibbles
+    tensors = torch.load(tmp_path / "m-int4.pt", weights_only=True)
+    tensors["edgewise-rwkv7.torch"] = torch.tensor(list(b"0.0-other"), dtype=torch.uint8)
+    torch.save(tensors, tmp_path / "other-torch.pt")
+    assert np.array_equal(RWKV.load(tmp_path / "other-torch.pt").forward(TOKENS, use_cache=False)[0],
+                          RWKV.load(tmp_path / "m-int4.pt").forward(TOKENS, use_cache=False)[0])
+
+
+def test_bad_tokens_and_state_are_named(tmp_path, checkpoints):
+    model = RWKV.load(checkpoints["small"])
+    with pytest.raises(EdgewiseError, match="token id 320 is out of range"):
+        model.forward([1, 320])
+    with pytest.raises(EdgewiseError, match="token id -1 is out of range"):
+        model.forward([-1])
+    other = RWKV.load(checkpoints["other"])
+    with pytest.raises(EdgewiseError, match="another model shape"):
+        model.forward([1], other.new_state())
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(EdgewiseError, match="not a saved RWKV state"):
+        RWKVState.load(tmp_path / "junk.safetensors")
+    with pytest.raises(EdgewiseError, match="quant 'int3'"):
+        RWKV.load(checkpoints["small"], quant="int3")

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from edgewise.errors import EdgewiseError
+from edgewise.rwkv.generate import _partial_stop, generate
+from edgewise.rwkv.sampling import Sampler, Sampling
+
+
+def test_seed_reproduces_and_temperature_zero_is_greedy():
+    logits = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    draws = lambda seed: [Sampler(Sampling(seed=seed, top_p=1.0), 1000)(logits) for _ in range(5)]  # noqa: E731
+    assert draws(7) == draws(7)
+    assert Sampler(Sampling(temperature=0), 1000)(logits) == int(np.argmax(logits))
+
+
+def test_top_k_and_top_p_cut_the_tail():
+    logits = np.array([5.0, 4.0, 3.0, 0.0, -1.0])
+    probs = Sampler(Sampling(top_k=2, top_p=1.0), 5).probabilities(logits)
+    assert np.count_nonzero(probs) == 2 and probs[:2].sum() == pytest.approx(1.0)
+    probs = Sampler(Sampling(top_p=0.5), 5).probabilities(logits)
+    assert np.count_nonzero(probs) == 1  # the top token alone holds over half the mass
+
+
+def test_penalties_discourage_repeats_and_decay():
+    logits = np.zeros(3)
+    sampler = Sampler(Sampling(temperature=0, presence_penalty=1.0, frequency_penalty=0.5, penalty_decay=0.5), 3)
+    assert [sampler(logits) for _ in range(3)] == [0, 1, 2]  # each used token is pushed down
+    assert sampler.counts.tolist() == [0.25, 0.5, 1.0]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(EdgewiseError, match="top-p"):
+        Sampling(top_p=0)
+
+
+class ScriptedModel:
+    """Emits a fixed token sequence: enough to test streaming and stop strings."""
+
+    class dims:
+        vocab = 65536
+
+    def __init__(self, script):
+        self.script, self.position = script, 0
+
+    def forward(self, tokens, state=None, use_cache=True):
+        logits = np.zeros(self.dims.vocab, np.float32)
+        logits[self.script[min(self.position, len(self.script) - 1)]] = 100
+        self.position += 1
+        return logits, state
+
+
+def test_generation_streams_and_stops_before_the_stop_string():
+    from edgewise.rwkv.tokenizer import world_tokenizer
+    tokenizer = world_tokenizer()
+    script = tokenizer.encode("Hello there. END of text that must not appear")
+    pieces = list(generate(ScriptedModel(script), tokenizer, "x", 50, Sampling(temperature=0), stop=("END",)))
+    assert "".join(pieces) == "Hello there. "
+    assert _partial_stop("abc EN", ("END",)) == 2 and _partial_stop("abc", ("END",)) == 0

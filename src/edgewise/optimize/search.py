@@ -133,6 +133,7 @@ class Searcher:
         """Trials until the count or the time budget is spent, or Ctrl-C; every completed trial
         of the study (earlier sessions' included)."""
         study = self.study()
+        self._enqueue_cheap_first(study)
         # Done: completed, or failed because a step does not apply. Interrupted and killed trials
         # (FAIL without an error, or still RUNNING) are tried again.
         done = {self._key(t.params) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
@@ -150,6 +151,14 @@ class Searcher:
         except KeyboardInterrupt:
             self.interrupted = True
         return self.records(study)
+
+    def _enqueue_cheap_first(self, study: optuna.Study) -> None:
+        """Quantizing the model as it is costs seconds; distilling or pruning it costs minutes.
+        The cheap corner of the space goes first, so even a short budget sees every quantization."""
+        if study.trials:
+            return  # a resumed study keeps its own order
+        for quant in self.space.quant:
+            study.enqueue_trial({"depth": 1.0, "prune": 0.0, "quant": quant})
 
     def _trial(self, study: optuna.Study, done: set) -> bool:
         """Ask, evaluate and tell one trial; False when it was a repeat or did not apply."""

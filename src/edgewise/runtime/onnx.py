@@ -79,12 +79,18 @@ def export(model: torch.nn.Module, example_input: Inputs, path: str | Path, *,
 
 
 def _fuse_transformer(path: Path, transformer: dict) -> None:
+    import logging
+
     from onnxruntime.transformers.optimizer import optimize_model
 
-    fused = optimize_model(str(path), model_type=transformer["model_type"],
-                           num_heads=transformer["num_heads"], hidden_size=transformer["hidden_size"],
-                           opt_level=0)
-    fused.save_model_to_file(str(path))
+    logging.disable(logging.INFO)  # the optimizer logs every fusion at INFO
+    try:
+        fused = optimize_model(str(path), model_type=transformer["model_type"],
+                               num_heads=transformer["num_heads"], hidden_size=transformer["hidden_size"],
+                               opt_level=0)
+        fused.save_model_to_file(str(path))
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:

@@ -111,6 +111,27 @@ def quality(console: Console, held_tokens: int = 4096) -> None:
         console.print(f"{'PASS' if change <= limit else 'FAIL'}  {quant} perplexity within {limit:.0%} of fp32: {change:+.2%}")
 
 
+def tokenizer_speed(console: Console) -> None:
+    """Encoding MB/s of edgewise's World tokenizer next to the rwkv package's own (pure Python)."""
+    import os
+
+    import rwkv as rwkv_package
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+    from edgewise.rwkv.tokenizer import world_tokenizer
+    from edgewise.rwkv.train import corpus
+
+    text = corpus(max_bytes=2_000_000)
+    size_mb = len(text.encode()) / 1e6
+    ours, theirs = world_tokenizer(), TRIE_TOKENIZER(os.path.join(os.path.dirname(rwkv_package.__file__),
+                                                                  "rwkv_vocab_v20230424.txt"))
+    ours_s, theirs_s = _timed(lambda: ours.encode(text)), _timed(lambda: theirs.encode(text))
+    same = ours.encode(text) == theirs.encode(text)
+    console.print(f"{'PASS' if size_mb / ours_s >= 1 and same else 'FAIL'}  tokenizer >= 1 MB/s: "
+                  f"{size_mb / ours_s:.1f} MB/s (rwkv package {size_mb / theirs_s:.1f} MB/s, "
+                  f"identical tokens: {same}, exact round trip: {ours.decode(ours.encode(text)) == text})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=512)
@@ -119,6 +140,7 @@ def main() -> None:
     console = Console(width=160)
     speed(console, options.prompt, options.decode)
     quality(console)
+    tokenizer_speed(console)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from edgewise.measure import energy  # noqa: E402
 from edgewise.measure.machine import describe  # noqa: E402
-from edgewise.optimize.run import PEER, OptimizeResult, pareto  # noqa: E402
+from edgewise.optimize.run import PEER, SENSITIVITY_SAMPLES, OptimizeResult, pareto  # noqa: E402
 
 
 def _mb(num_bytes: float) -> float:
@@ -42,6 +42,7 @@ def _plot(result: OptimizeResult, x_key: str) -> str:
     ax.set_xlabel("batch-1 p50 latency (ms, ONNX Runtime)" if latency else "model size (MB)")
     if not latency:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(result.task.metric.name)
@@ -119,7 +120,8 @@ def _sections(result: OptimizeResult) -> list[tuple[str, list[str], list[list[st
     sections = [("Baseline, peer and chosen (measured together)", SUMMARY_HEADER, _summary_rows(result)),
                 ("Energy, cost and CO2 per million inferences", ENERGY_HEADER, _energy_rows(result))]
     if result.sensitivity:
-        sections.append((f"Per-layer sensitivity (each layer quantized alone, first {128} eval samples)",
+        sections.append((f"Per-layer sensitivity of the chosen quantization (each layer alone, on the model it "
+                         f"quantized, first {SENSITIVITY_SAMPLES} eval samples)",
                          ["layer", "metric drop"], [[name, f"{drop:.4f}"] for name, drop in result.sensitivity]))
     sections.append(("All candidates", TRIALS_HEADER, _trial_rows(result)))
     return sections

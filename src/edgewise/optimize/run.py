@@ -97,7 +97,7 @@ def _sensitivity(searcher: Searcher, record: TrialRecord) -> list[tuple[str, flo
     quant = steps[-1]
     source = searcher.build({**record.params, "quant": "fp32"}).onnx()
     task = searcher.task
-    baseline = score_onnx(task, searcher.baseline.onnx(), SENSITIVITY_SAMPLES)
+    baseline = score_onnx(task, source, SENSITIVITY_SAMPLES)  # the drop each layer's quantization adds
     run = lambda s, d, exclude=(), include=None: quant.quantize(searcher.baseline, s, d, exclude, include)  # noqa: E731
     return layer_sensitivity(task, source, run, baseline, searcher.constraints.tolerance, SENSITIVITY_SAMPLES)
 

@@ -12,10 +12,7 @@ import time
 import numpy as np
 import torch
 
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+from edgewise.measure.memory import own_peak_rss_mb  # light: no ORT, no model code
 
 
 def reference(path: str, prompt_tokens: int, decode_tokens: int) -> dict:
@@ -35,7 +32,7 @@ def reference(path: str, prompt_tokens: int, decode_tokens: int) -> dict:
         token = int(out.argmax())
     decode_s = time.perf_counter() - start
     return {"prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": decode_tokens / decode_s,
-            "peak_rss_mb": peak_rss_mb(), "weight_bytes": None}
+            "peak_rss_mb": own_peak_rss_mb(), "weight_bytes": None}
 
 
 def edgewise(path: str, prompt_tokens: int, decode_tokens: int, quant: str | None) -> dict:

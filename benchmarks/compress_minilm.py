@@ -32,7 +32,11 @@ def main() -> None:
     options = parser.parse_args()
     console = Console(width=160)
     task = load_example("minilm")
-    workdir = Path(tempfile.mkdtemp(prefix="edgewise-minilm-"))
+    with tempfile.TemporaryDirectory(prefix="edgewise-minilm-") as folder:
+        run(console, task, Path(folder), options)
+
+
+def run(console: Console, task, workdir: Path, options) -> None:
     int8 = compress(task, [Int8Dynamic()], workdir=workdir, measure=False)
     started = time.perf_counter()
     student = compress(task, [Distill(depth=0.5, epochs=options.epochs)], workdir=workdir, measure=False)

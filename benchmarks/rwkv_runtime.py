@@ -46,10 +46,14 @@ def run(kind: str, path: Path, prompt: int, decode: int, quant: str | None = Non
 
 
 def speed(console: Console, prompt: int, decode: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="edgewise-rwkv-bench-") as folder:  # ~0.7 GB of checkpoints
+        _speed(console, Path(folder), prompt, decode)
+
+
+def _speed(console: Console, folder: Path, prompt: int, decode: int) -> None:
     from edgewise.rwkv import RWKV
     from edgewise.rwkv.synthetic import random_checkpoint
 
-    folder = Path(tempfile.mkdtemp(prefix="edgewise-rwkv-bench-"))
     checkpoint = random_checkpoint(folder / "rwkv7-0.1b-shape.pth", layers=12, width=768, vocab=65536,
                                    ranks=(64, 64, 32, 128))
     files = {q: RWKV.load(checkpoint, quant=q).save(folder / f"{q}.pt") for q in ("int8", "int4")}

@@ -168,8 +168,9 @@ def optimize(
                               guard=guard, threads=threads)
     _check_writable(out)
     chosen_task = load_task(example, task, onnx, data) or load_task("digits")
-    result = run_optimize(chosen_task, constraints, settings)
-    write_outputs(result, out)
+    with tempfile.TemporaryDirectory(prefix="edgewise-optimize-") as workdir:  # candidates: gone afterwards
+        result = run_optimize(chosen_task, constraints, settings, workdir=workdir)
+        write_outputs(result, out)
     rows = [c.figures for c in result.finalists]
     print_figures(rows, BenchSettings(), f"edgewise optimize {chosen_task.name}: baseline, peer, chosen")
     print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f}, "

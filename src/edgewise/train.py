@@ -31,6 +31,13 @@ def classification_loss(model: torch.nn.Module, inputs: Any, labels: torch.Tenso
     return torch.nn.functional.cross_entropy(logits, labels.long())
 
 
+def output_distance(output: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean (1 - cosine) or MSE between rows of `output` and `target`."""
+    if kind == "mse":
+        return torch.nn.functional.mse_loss(output, target)
+    return (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
+
+
 def fidelity_loss(teacher: torch.nn.Module, kind: str = "cosine") -> LossFn:
     """Loss that pulls a model's outputs towards `teacher`'s on the same inputs (no labels needed)."""
     teacher.eval()
@@ -39,10 +46,7 @@ def fidelity_loss(teacher: torch.nn.Module, kind: str = "cosine") -> LossFn:
         args, kwargs = as_torch_call(inputs)
         with torch.no_grad():
             target = first_tensor(teacher(*args, **kwargs))
-        output = first_tensor(model(*args, **kwargs))
-        if kind == "mse":
-            return torch.nn.functional.mse_loss(output, target)
-        return (1 - torch.nn.functional.cosine_similarity(output, target, dim=-1)).mean()
+        return output_distance(first_tensor(model(*args, **kwargs)), target, kind)
     return loss
 
 

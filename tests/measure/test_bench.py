@@ -4,7 +4,6 @@ import pytest
 from edgewise.measure.bench import BenchSettings, BenchTarget, bench, synthetic_inputs
 from edgewise.measure.memory import peak_rss_mb
 from edgewise.runtime import onnx as onnx_runtime
-from tests.conftest import tiny_classifier
 
 
 @pytest.fixture

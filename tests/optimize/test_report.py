@@ -13,7 +13,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")
 def test_report_opens_in_headless_chromium_with_plots_visible(tmp_path, image_task):
     result = optimize(image_task, Constraints(max_drop=5.0),
-                      SearchSettings(trials=4, trial_seconds=0.1, distill_epochs=1), final_seconds=0.2)
+                      SearchSettings(trials=4, trial_seconds=0.1, distill_epochs=1), final_seconds=0.2,
+                      workdir=tmp_path / "work")
     out = write_outputs(result, tmp_path / "out")
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

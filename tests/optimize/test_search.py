@@ -58,7 +58,8 @@ def fast_settings():
 
 
 def test_optimize_writes_valid_artifacts(tmp_path, image_task, fast_settings):
-    result = optimize(image_task, Constraints(max_drop=5.0), fast_settings, final_seconds=0.3)
+    result = optimize(image_task, Constraints(max_drop=5.0), fast_settings, final_seconds=0.3,
+                      workdir=tmp_path / "work")
     assert 1 <= len(result.trials) <= 6 and result.met
     names = [c.name for c in result.finalists]
     assert names[:2] == ["baseline", "ort-quantize_dynamic-default"] and result.chosen.recipe in names
@@ -75,10 +76,10 @@ def test_optimize_writes_valid_artifacts(tmp_path, image_task, fast_settings):
 def test_study_resumes_where_it_stopped(tmp_path, image_task, fast_settings):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first = optimize(image_task, Constraints(), SearchSettings(**{**fast_settings.__dict__, "trials": 2, "study": storage}),
-                     final_seconds=0.2)
+                     final_seconds=0.2, workdir=tmp_path / "first")
     assert len(first.trials) == 2
     second = optimize(image_task, Constraints(), SearchSettings(**{**fast_settings.__dict__, "trials": 4, "study": storage}),
-                      final_seconds=0.2)
+                      final_seconds=0.2, workdir=tmp_path / "second")
     assert len(second.trials) == 4
     assert {t.number for t in first.trials} < {t.number for t in second.trials}  # earlier trials kept, not redone
 

@@ -3,7 +3,6 @@ import torch
 
 from edgewise.errors import EdgewiseError
 from edgewise.rwkv import checkpoint
-from edgewise.rwkv.synthetic import random_checkpoint
 
 
 def test_dims_come_from_shapes(checkpoints):

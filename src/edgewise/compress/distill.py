@@ -16,7 +16,7 @@ from torch import nn
 from edgewise.errors import EdgewiseError
 from edgewise.data import is_array_split
 from edgewise.runtime.torch import as_torch_call, first_tensor, predict
-from edgewise.train import LossFn, fidelity_loss
+from edgewise.train import LossFn, fidelity_loss, output_distance
 
 
 def _block_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -86,10 +86,7 @@ def matching_loss(kind: str = "cosine") -> LossFn:
     """Output matching against targets passed as the batch's labels (see with_teacher_outputs)."""
     def loss(model: nn.Module, inputs: Any, targets: torch.Tensor | None) -> torch.Tensor:
         args, kwargs = as_torch_call(inputs)
-        output = first_tensor(model(*args, **kwargs))
-        if kind == "mse":
-            return nn.functional.mse_loss(output, targets)
-        return (1 - nn.functional.cosine_similarity(output, targets, dim=-1)).mean()
+        return output_distance(first_tensor(model(*args, **kwargs)), targets, kind)
     return loss
 
 

@@ -19,6 +19,7 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    # Like memory.own_peak_rss_mb, repeated so that this script imports nothing of edgewise.
     # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across fork+exec.
     with open("/proc/self/status") as f:
         for line in f:

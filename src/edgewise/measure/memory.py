@@ -13,6 +13,12 @@ import numpy as np
 _PROBE = Path(__file__).with_name("_rss_probe.py")
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def peak_rss_mb(model_path: str | Path, feed: dict[str, np.ndarray], threads: int, calls: int = 5) -> dict:
     """Peak RSS (MB) of a process running `model_path` on `feed` in ONNX Runtime.
 

@@ -103,15 +103,16 @@ def _sensitivity(searcher: Searcher, record: TrialRecord) -> list[tuple[str, flo
 
 
 def optimize(task: Task, constraints: Constraints | None = None, settings: SearchSettings | None = None,
-             final_seconds: float = 4.0) -> OptimizeResult:
+             final_seconds: float = 4.0, workdir: str | Path | None = None) -> OptimizeResult:
     """Search recipes for `task` and choose the best model within `constraints`.
 
     Returns the result with every trial, the chosen one (or the closest, with the reason), and
     the finalists (baseline, ORT's quantize_dynamic default, the chosen and the Pareto front)
-    re-measured interleaved in one run.
+    re-measured interleaved in one run. Candidate models are written to `workdir` (a new
+    temporary folder, left for the caller, when not given).
     """
     constraints, settings = constraints or Constraints(), settings or SearchSettings()
-    workdir = Path(tempfile.mkdtemp(prefix="edgewise-optimize-"))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgewise-optimize-"))
     searcher = Searcher(task, constraints, settings, workdir)
     trials = searcher.run()
     if not trials:

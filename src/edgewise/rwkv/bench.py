@@ -7,15 +7,8 @@ import time
 import numpy as np
 
 from edgewise.measure import energy
+from edgewise.measure.memory import own_peak_rss_mb
 from edgewise.rwkv.runtime import RWKV
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, device: str = "server-x86",
@@ -37,7 +30,7 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     return {
         "quant": model.quant or "fp32", "layers": model.dims.layers, "width": model.dims.width,
         "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": decode_tokens / decode_s,
-        "decode_ms_per_token": decode_s / decode_tokens * 1e3, "peak_rss_mb": peak_rss_mb(),
+        "decode_ms_per_token": decode_s / decode_tokens * 1e3, "peak_rss_mb": own_peak_rss_mb(),
         "weight_bytes": model.weight_bytes, "state_bytes": state.size_bytes,
         "energy_j_per_token": energy.estimate_energy_j(decode_cpu / decode_tokens, watts),
         "prefill_energy_j_per_token": energy.estimate_energy_j(prefill_cpu / prompt_tokens, watts),

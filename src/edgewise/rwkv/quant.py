@@ -18,6 +18,13 @@ def _bf16(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
 
 
+def int8_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: (q [R, C] int8, scale [R]) with rows ~= q * scale[:, None]."""
+    rows = rows.float()
+    scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    return torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
 class Matrix:
     """W [out, in] applied to rows: x [T, in] -> [T, out] float32."""
 
@@ -48,9 +55,7 @@ class Int8Matrix(Matrix):
             q = torch.empty(weight.shape, dtype=torch.int8)
             scale = torch.empty(weight.shape[0])
             for start in range(0, weight.shape[0], 8192):
-                rows = weight[start:start + 8192].float()
-                scale[start:start + 8192] = rows.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-                q[start:start + 8192] = torch.round(rows / scale[start:start + 8192, None]).clamp(-127, 127)
+                q[start:start + 8192], scale[start:start + 8192] = int8_rows(weight[start:start + 8192])
         self.q, self.scale = q.contiguous(), scale.float()
         self._scale_bf16 = self.scale.to(torch.bfloat16)
 
@@ -143,11 +148,8 @@ class Embedding:
     """The LN0-folded embedding table: fp32, or int8 per row (a quarter of the memory) when the
     model is quantized. Only looked up, one row per token."""
 
-    def __init__(self, table: torch.Tensor | None = None, quantized: bool = False, *, q: torch.Tensor | None = None,
+    def __init__(self, table: torch.Tensor | None = None, *, q: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None) -> None:
-        if table is not None and quantized:
-            scale = table.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            q = torch.round(table / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.table = table if q is None else None
         self.q, self.scale = q, scale
 
@@ -179,8 +181,7 @@ def fold_embedding(emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     for start in range(0, emb.shape[0], rows):
         part = torch.nn.functional.layer_norm(emb[start:start + rows].float(), (emb.shape[1],), weight, bias)
         if quantized:
-            chunk = Embedding(part, quantized=True)
-            q[start:start + rows], scale[start:start + rows] = chunk.q, chunk.scale
+            q[start:start + rows], scale[start:start + rows] = int8_rows(part)
         else:
             folded[start:start + rows] = part
     return Embedding(folded) if not quantized else Embedding(q=q, scale=scale)

@@ -1,16 +1,20 @@
 """Weight matrices for the fast runtime: fp32, int8 per output channel, int4 group-wise.
 
-Quantized matrices run on torch's CPU weight-only kernels (the ones torchao uses):
-`_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`, with bf16 activations.
+Decode and short prompts run quantized matrices on edgewise's own kernels (`_decode.c`, through
+`native`), with fp32 activations. Long prompts dequantize one matrix at a time to bf16 and run
+oneDNN's GEMM. Without a C compiler, torch's CPU weight-only kernels serve (the ones torchao
+uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bf16 activations).
 """
 
 from __future__ import annotations
 
 import torch
 
+from edgewise.rwkv import native
+
 INT4_GROUP = 64
 # Above this many rows (a prefill), dequantizing to bf16 and running oneDNN's bf16 GEMM beats the
-# weight-only kernels, which are built for decode (measured 2.4x at 512 rows on this machine).
+# matrix-vector kernels, which are built for decode (measured 2.4x at 512 rows on this machine).
 DEQUANTIZE_ROWS = 16
 
 
@@ -34,7 +38,7 @@ class Matrix:
         self.weight = weight.float().contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.T
+        return x.float() @ self.weight.T
 
     @property
     def nbytes(self) -> int:
@@ -44,7 +48,27 @@ class Matrix:
         return {name: self.weight}
 
 
-class Int8Matrix(Matrix):
+class _Quantized(Matrix):
+    """A few rows go through the C kernels when they are built, else through `_torch_kernel`."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > DEQUANTIZE_ROWS:
+            return (_bf16(x) @ self.dequantized().T).float()
+        lib = native.library()
+        if lib is None:
+            return self._torch_kernel(x)
+        if getattr(self, "_native", None) is None:
+            self._native = native.describe(self, [])
+        return native.matmul(lib, self._native, x)
+
+    def dequantized(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Matrix(_Quantized):
     """Symmetric int8 per output channel: w = q * scale[out]."""
 
     kind = "int8"
@@ -56,13 +80,13 @@ class Int8Matrix(Matrix):
             scale = torch.empty(weight.shape[0])
             for start in range(0, weight.shape[0], 8192):
                 q[start:start + 8192], scale[start:start + 8192] = int8_rows(weight[start:start + 8192])
-        self.q, self.scale = q.contiguous(), scale.float()
-        self._scale_bf16 = self.scale.to(torch.bfloat16)
+        self.q, self.scale = q.contiguous(), scale.float().contiguous()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > DEQUANTIZE_ROWS:
-            return (_bf16(x) @ (self.q.to(torch.bfloat16) * self._scale_bf16[:, None]).T).float()
-        return torch.ops.aten._weight_int8pack_mm(_bf16(x), self.q, self._scale_bf16).float()
+    def dequantized(self) -> torch.Tensor:
+        return self.q.to(torch.bfloat16) * self.scale.to(torch.bfloat16)[:, None]
+
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(_bf16(x), self.q, self.scale.to(torch.bfloat16)).float()
 
     @property
     def nbytes(self) -> int:
@@ -72,13 +96,29 @@ class Int8Matrix(Matrix):
         return {f"{name}.q8": self.q, f"{name}.scale": self.scale}
 
 
-class Int4Matrix(Matrix):
-    """Symmetric int4 in groups of INT4_GROUP inputs: w = (q - 8) * scale[out, group]."""
+def _nibble_order() -> tuple[torch.Tensor, torch.Tensor]:
+    """The input each nibble of a packed group holds: (inputs of the low nibbles, of the high
+    nibbles), by byte. A group is 8 little-endian words; nibble p of word L (bits 4p..4p+3) is
+    input 16 (p % 4) + 2 L + p // 4, so that shifts and masks alone turn a word into 16
+    consecutive inputs (see `_decode.c`)."""
+    word, byte = torch.arange(8)[:, None], torch.arange(4)[None, :]
+    low, high = 2 * byte, 2 * byte + 1                         # nibble positions p
+    to_input = lambda p: 16 * (p % 4) + 2 * word + p // 4       # noqa: E731
+    return to_input(low).reshape(-1), to_input(high).reshape(-1)
+
+
+_LOW_INPUTS, _HIGH_INPUTS = _nibble_order()
+_UNPACK = torch.argsort(torch.cat([_LOW_INPUTS, _HIGH_INPUTS]))  # [low nibbles, high nibbles] -> inputs
+
+
+class Int4Matrix(_Quantized):
+    """Symmetric int4 in groups of INT4_GROUP inputs: w = (q - 8) * scale[out, group], two
+    inputs per byte in the order of `_nibble_order`."""
 
     kind = "int4"
 
     def __init__(self, weight: torch.Tensor | None = None, *, packed_bytes: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None, kernel_packed: torch.Tensor | None = None) -> None:
+                 scale: torch.Tensor | None = None) -> None:
         if weight is not None:  # row chunks, as for int8
             out_features, in_features = weight.shape
             packed_bytes = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
@@ -87,31 +127,32 @@ class Int4Matrix(Matrix):
                 groups = weight[start:start + 8192].float().reshape(-1, in_features // INT4_GROUP, INT4_GROUP)
                 scale[start:start + 8192] = groups.abs().amax(dim=-1).clamp(min=1e-8) / 7.0  # [out, groups]
                 q = (torch.round(groups / scale[start:start + 8192, :, None]).clamp(-8, 7) + 8).to(torch.uint8)
-                q = q.reshape(len(groups), -1)
-                packed_bytes[start:start + 8192] = q[:, 0::2] | (q[:, 1::2] << 4)      # [out, in/2]: portable
+                packed_bytes[start:start + 8192] = (q[..., _LOW_INPUTS] | (q[..., _HIGH_INPUTS] << 4)).reshape(len(q), -1)
         self.packed_bytes, self.scale = packed_bytes.contiguous(), scale.float().contiguous()
-        zeros = torch.zeros_like(self.scale)
-        self._scales_zeros = torch.stack([self.scale, zeros], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self._packed = kernel_packed
-        if kernel_packed is None:
-            self._pack()
+        self._torch_packed = None
 
-    def _pack(self) -> None:
-        # The kernel's layout, built 1024 rows at a time (its packing works in blocks of 64 rows),
-        # so that no int32 copy of a large matrix exists at once.
-        self._packed = None
-        for start in range(0, len(self.packed_bytes), 1024):
-            rows = self.packed_bytes[start:start + 1024]
-            part = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                torch.stack([rows & 0xF, rows >> 4], dim=-1).reshape(len(rows), -1).to(torch.int32), 1)
-            if self._packed is None:
-                self._packed = torch.empty((len(self.packed_bytes), *part.shape[1:]), dtype=part.dtype)
-            self._packed[start:start + len(rows)] = part
+    def unpacked(self, rows: slice = slice(None)) -> torch.Tensor:
+        """q in 0..15, [rows, in] uint8."""
+        part = self.packed_bytes[rows]
+        grouped = part.reshape(len(part), -1, INT4_GROUP // 2)
+        return torch.cat([grouped & 0xF, grouped >> 4], dim=-1)[..., _UNPACK].reshape(len(part), -1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # One kernel for decode and prefill (at 256 rows it is 1.5x slower than dequantizing, but
-        # never touches the portable bytes, which then need not stay in memory).
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(_bf16(x), self._packed, INT4_GROUP,
+    def dequantized(self) -> torch.Tensor:
+        out = torch.empty(self.packed_bytes.shape[0], self.packed_bytes.shape[1] * 2, dtype=torch.bfloat16)
+        for start in range(0, len(out), 4096):  # no int32/fp32 copy of the whole matrix at once
+            rows = slice(start, start + 4096)
+            q = self.unpacked(rows).reshape(-1, self.scale.shape[1], INT4_GROUP).to(torch.bfloat16) - 8
+            out[rows] = (q * self.scale[rows, :, None].to(torch.bfloat16)).reshape(len(q), -1)
+        return out
+
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        if self._torch_packed is None:  # torch's layout, built 1024 rows at a time (it packs 64-row blocks)
+            parts = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.unpacked(slice(s, s + 1024)).to(torch.int32), 1)
+                     for s in range(0, len(self.packed_bytes), 1024)]
+            zeros = torch.zeros_like(self.scale)
+            self._scales_zeros = torch.stack([self.scale, zeros], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+            self._torch_packed = torch.cat(parts)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(_bf16(x), self._torch_packed, INT4_GROUP,
                                                           self._scales_zeros).float()
 
     @property
@@ -119,9 +160,7 @@ class Int4Matrix(Matrix):
         return self.packed_bytes.numel() + self.scale.numel() * 4
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        # Portable nibbles, and the kernel's own layout (valid for this torch version) so that a
-        # converted file is used in place without repacking.
-        return {f"{name}.q4": self.packed_bytes, f"{name}.scale": self.scale, f"{name}.q4kernel": self._packed}
+        return {f"{name}.q4": self.packed_bytes, f"{name}.scale": self.scale}
 
 
 KINDS = {None: Matrix, "fp32": Matrix, "int8": Int8Matrix, "int4": Int4Matrix}
@@ -129,18 +168,16 @@ KINDS = {None: Matrix, "fp32": Matrix, "int8": Int8Matrix, "int4": Int4Matrix}
 
 def quantize(weight: torch.Tensor, kind: str | None) -> Matrix:
     if kind == "int4" and (weight.shape[1] % INT4_GROUP or weight.shape[0] % 64):
-        return Int8Matrix(weight)  # the int4 kernel packs outputs in blocks of 64 and inputs by group: int8
+        return Int8Matrix(weight)  # int4 needs whole groups (and torch's kernel blocks of 64 rows): int8
     return KINDS[kind](weight)
 
 
-def from_tensors(tensors: dict[str, torch.Tensor], name: str, same_torch: bool = True) -> Matrix:
-    """A matrix saved by `Matrix.tensors(name)` (a converted file). The int4 kernel layout is
-    reused only when the file was written by this torch version; otherwise it is rebuilt."""
+def from_tensors(tensors: dict[str, torch.Tensor], name: str) -> Matrix:
+    """A matrix saved by `Matrix.tensors(name)` (a converted file)."""
     if f"{name}.q8" in tensors:
         return Int8Matrix(q=tensors[f"{name}.q8"], scale=tensors[f"{name}.scale"])
     if f"{name}.q4" in tensors:
-        kernel = tensors.get(f"{name}.q4kernel") if same_torch else None
-        return Int4Matrix(packed_bytes=tensors[f"{name}.q4"], scale=tensors[f"{name}.scale"], kernel_packed=kernel)
+        return Int4Matrix(packed_bytes=tensors[f"{name}.q4"], scale=tensors[f"{name}.scale"])
     return Matrix(tensors[name])
 
 

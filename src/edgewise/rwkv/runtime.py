@@ -1,7 +1,9 @@
-"""The fast RWKV-7 runtime: torch on the CPU, large matrices fp32, int8 or int4, state fp32.
+"""The fast RWKV-7 runtime on the CPU: large matrices fp32, int8 or int4, state fp32.
 
-A prompt is prefilled as a sequence: every matmul runs over all its tokens at once and only
-the WKV recurrence steps token by token. Tested against `reference.py`.
+A prompt is prefilled as a sequence in torch: every matmul runs over all its tokens at once and
+only the WKV recurrence steps token by token. A single token (decode) runs through every layer
+in one call of the fused C step (`native`, `_decode.c`), or in torch where that cannot be built.
+Both are tested against `reference.py` and against each other.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import torch.nn.functional as F
 
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path
-from edgewise.rwkv import checkpoint
+from edgewise.rwkv import checkpoint, native
 from edgewise.runtime.torch import load_weights
 from edgewise.rwkv.checkpoint import MATRICES, Dims
 from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, quantize
 from edgewise.rwkv.state import RWKVState
 
 CONVERTED_FORMAT = "edgewise-rwkv7"  # key of the header tensor in a converted file
-TORCH_VERSION_KEY = "edgewise-rwkv7.torch"  # kernel layouts in a converted file are this torch's
+FORMAT_VERSION = 2  # 2: int4 nibbles split by half-group (see quant.Int4Matrix)
 PREFILL_CHUNK = 256  # tokens per prefill pass: bounds activation memory; 256 keeps the GEMMs efficient
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 _SMALL = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.w0", "att.w1", "att.w2", "att.a0", "att.a1",
@@ -82,6 +84,8 @@ class RWKV:
                  head: Matrix, quant: str | None) -> None:
         self.dims, self.emb, self.layers, self.ln_out, self.head, self.quant = dims, emb, layers, ln_out, head, quant
         self.cache = PrefixCache()
+        self.native = True   # False: decode on the torch path too (slower; for comparison)
+        self._decoder: native.Decoder | None | bool = False   # built on the first decode
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -112,30 +116,32 @@ class RWKV:
 
     @classmethod
     def _load_converted(cls, path: Path, tensors: dict, quant: str | None) -> RWKV:
-        header = tensors[CONVERTED_FORMAT].tolist()   # [layers, width, heads, head_size, vocab, ffn, bits]
+        header = tensors[CONVERTED_FORMAT].tolist()   # [layers, width, heads, head_size, vocab, ffn, bits, version]
         stored = {0: None, 8: "int8", 4: "int4"}[header[6]]
+        if stored == "int4" and (header[7:] or [1])[0] < FORMAT_VERSION:
+            raise EdgewiseError(f"{path} was converted by an older edgewise (another int4 layout); "
+                                "convert the original checkpoint again")
         if quant is not None and quant != stored:
             raise EdgewiseError(f"{path} is already converted to {stored or 'fp32'}; load it without --quant "
                                 f"or convert the original checkpoint to {quant}")
         dims = Dims(*header[:6])
-        same_torch = bytes(tensors.get(TORCH_VERSION_KEY, torch.tensor([], dtype=torch.uint8)).tolist()) == _torch_version()
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
             p = {name: tensors[b + name] for name in _SMALL if b + name in tensors}
-            matrices = {name: from_tensors(tensors, b + name, same_torch) for name in MATRICES}
+            matrices = {name: from_tensors(tensors, b + name) for name in MATRICES}
             layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices,
                                  lora_dtype=torch.bfloat16 if stored else torch.float32))
         return cls(dims, Embedding.from_tensors(tensors), layers, (tensors["ln_out.weight"], tensors["ln_out.bias"]),
-                   from_tensors(tensors, "head.weight", same_torch), stored)
+                   from_tensors(tensors, "head.weight"), stored)
 
     def save(self, path: str | Path) -> Path:
         """Write this model, quantized as loaded, as a flat dict of tensors (torch's zip format) that
         `load` memory-maps back: weights are used in place, not copied."""
         d = self.dims
-        header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant]]
-        tensors = {CONVERTED_FORMAT: torch.tensor(header), TORCH_VERSION_KEY: torch.tensor(list(_torch_version()),
-                   dtype=torch.uint8), **self.emb.tensors(), "ln_out.weight": self.ln_out[0],
+        header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant],
+                  FORMAT_VERSION]
+        tensors = {CONVERTED_FORMAT: torch.tensor(header), **self.emb.tensors(), "ln_out.weight": self.ln_out[0],
                    "ln_out.bias": self.ln_out[1], **self.head.tensors("head.weight")}
         for i, layer in enumerate(self.layers):
             tensors.update({f"blocks.{i}.{k}": v for k, v in layer.p.items()})
@@ -147,9 +153,16 @@ class RWKV:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights streamed per decoded token (matrices and head; one embedding row)."""
+        """Bytes of weights read per decoded token: the matrices and head, the LoRAs (bf16 in
+        quantized models), the per-channel vectors and one embedding row."""
         matrices = sum(m.nbytes for layer in self.layers for m in layer.m.values()) + self.head.nbytes
-        return matrices + self.emb.row_bytes
+        small = 0
+        for i, layer in enumerate(self.layers):
+            for name, tensor in layer.p.items():
+                lora = name.startswith("att.") and name[-1] in "12"
+                if not (i == 0 and name in ("att.v1", "att.v2")):  # layer 0 mixes no v_first
+                    small += tensor.numel() * (2 if lora and self.quant else 4)
+        return matrices + small + self.emb.row_bytes + sum(t.numel() * 4 for t in self.ln_out)
 
     # -- running ---------------------------------------------------------------------------
     def new_state(self) -> RWKVState:
@@ -173,13 +186,30 @@ class RWKV:
         cached, logits = 0, None
         if state is None and use_cache:
             cached, state, logits = self.cache.longest(tokens)
+        if state is not None:
+            state.check(self.dims.layers, self.dims.width, self.dims.heads, self.dims.head_size)
+        decoder = self.decoder()
+        if decoder is not None and len(tokens) - cached == 1:  # decode: the fused step, out of place
+            after = RWKVState.empty_like(state) if state is not None else self.new_state()
+            logits = decoder.step(tokens[-1], state if state is not None else after, after)
+            if use_cache and cached < len(tokens):
+                self.cache.put(tokens, after, logits)
+            return logits, after
         state = self.new_state() if state is None else state.copy()
-        state.check(self.dims.layers, self.dims.width, self.dims.heads, self.dims.head_size)
         for start in range(cached, len(tokens), PREFILL_CHUNK):
             logits = self._run(torch.tensor(tokens[start:start + PREFILL_CHUNK]), state)
         if use_cache and cached < len(tokens):
             self.cache.put(tokens, state, logits)
         return logits, state
+
+    def decoder(self) -> native.Decoder | None:
+        """The fused C decode step for this model, or None where it cannot be built."""
+        if not self.native:
+            return None
+        if self._decoder is False:
+            lib = native.library()
+            self._decoder = native.Decoder(self, lib) if lib is not None else None
+        return self._decoder
 
     @torch.inference_mode()
     def logits_all(self, tokens: list[int], state: RWKVState | None = None) -> np.ndarray:
@@ -246,6 +276,3 @@ def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
         ys.append((S * r_[t]).sum(-1))                                    # S @ r: [H, N]
     return torch.stack(ys).view(T, H * N)
 
-
-def _torch_version() -> bytes:
-    return torch.__version__.encode()

@@ -28,8 +28,13 @@ class RWKVState:
         return cls(torch.zeros(layers, width), torch.zeros(layers, width),
                    torch.zeros(layers, heads, head_size, head_size))
 
+    @classmethod
+    def empty_like(cls, other: RWKVState) -> RWKVState:
+        return cls(*(torch.empty(t.shape) for t in (other.att_prev, other.ffn_prev, other.S)))
+
     def copy(self) -> RWKVState:
-        return RWKVState(self.att_prev.clone(), self.ffn_prev.clone(), self.S.clone())
+        return RWKVState(*(t.float().clone(memory_format=torch.contiguous_format)
+                           for t in (self.att_prev, self.ffn_prev, self.S)))
 
     @property
     def size_bytes(self) -> int:

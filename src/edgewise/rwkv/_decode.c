@@ -1,0 +1,499 @@
+/* One RWKV-7 decode step (one token, every layer) in a single call: the fused path of
+ * edgewise.rwkv.runtime. Compiled on first use by native.py; the torch path is the fallback
+ * and the oracle (tests compare the two).
+ *
+ * Decode streams every weight once per token, so it is bound by memory bandwidth, not
+ * arithmetic. The torch path spends more time dispatching ~80 small ops per layer than
+ * reading weights; here one OpenMP team runs the whole token: matrix-vector products split
+ * by rows across threads, the small element-wise work between them on one thread.
+ *
+ * Matrices are [rows, cols] = [out, in], y = W x:
+ *   F32   float
+ *   BF16  uint16 (bf16 bits)                          LoRA matrices of quantized models
+ *   INT8  int8, w = q * scale[row]                    symmetric per output channel
+ *   INT4  uint8 [rows, cols / 2], w = (q - 8) * scale[row, group of 64 inputs], q in 0..15.
+ *         A group is 8 little-endian uint32 words; word L holds 8 nibbles, nibble p (bits
+ *         4p..4p+3) being input 16 (p % 4) + 2 L + p / 4. So (word >> 4r) & 0x000F000F is
+ *         inputs 16r + 2L (low half) and 16r + 2L + 1 (high half): shifts and masks give 16
+ *         consecutive inputs as bf16 pairs, with no shuffles.
+ * Activations and state are fp32.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(EW_SCALAR)
+#include <immintrin.h>
+#define EW_AVX512 1
+#endif
+
+enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
+enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
+enum { ROWS = 0, COLUMNS = 1 };
+#define GROUP 64
+
+typedef struct {
+    int32_t kind, rows, cols, layout;  /* layout COLUMNS: data is [cols, rows] (F32/BF16 only) */
+    const void *data;
+    const float *scale;
+} ew_matrix;
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const float *mix;                        /* [6, C]: x_r x_w x_k x_v x_a x_g */
+    const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *lnx_w, *lnx_b, *ffn_xk;
+    ew_matrix w1, w2, a1, a2, v1, v2, g1, g2; /* LoRA: downs ROWS, ups COLUMNS; v1.rows == 0 in layer 0 */
+    ew_matrix r, k, v, o, fk, fv;
+} ew_layer;
+
+typedef struct {
+    int32_t layers, width, heads, head_size, ffn, vocab;
+    const ew_layer *layer;
+    ew_matrix emb;                           /* [vocab, C], F32 or INT8: one row looked up */
+    const float *ln_out_w, *ln_out_b;
+    ew_matrix head;
+} ew_model;
+
+/* -- dot products: one output of a matrix-vector product ------------------------------- */
+
+static inline float bf16_to_f32(uint16_t bits) {
+    uint32_t u = (uint32_t)bits << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+#ifdef EW_AVX512
+static float dot_f32(const float *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i)));
+        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), _mm512_loadu_ps(x + i), a0);
+    }
+    float s = _mm512_reduce_add_ps(a0);
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static inline __m512 i8x16(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static float dot_int8(const int8_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(i8x16(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(i8x16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(i8x16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(i8x16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+#else  /* portable: the compiler vectorises what it can */
+static float dot_f32(const float *w, const float *x, int n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float dot_int8(const int8_t *w, const float *x, int n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+
+#endif
+
+/* q of input j (0..63) of a group, by the layout above */
+static inline int nibble(const uint8_t *group, int j) {
+    int p = j / 16 + 4 * (j % 2), word = (j % 16) / 2;
+    return (group[4 * word + p / 2] >> (4 * (p % 2))) & 15;
+}
+
+static float dot_int4_group(const uint8_t *group, const float *x) {
+    float s = 0.f;
+    for (int j = 0; j < GROUP; j++) s += (float)(nibble(group, j) - 8) * x[j];
+    return s;
+}
+
+static float dot_int4(const uint8_t *w, const float *scale, const float *x, int n) {
+    float total = 0.f;
+    for (int g = 0; g < n / GROUP; g++) total += dot_int4_group(w + g * GROUP / 2, x + g * GROUP) * scale[g];
+    return total;
+}
+
+#if defined(EW_AVX512) && defined(__AVX512BF16__)
+/* int4 through bf16 dot products (AVX512-BF16), two groups per 512-bit word. A nibble q
+ * becomes the bf16 number 128 + q by one bitwise op, (q - 8) x = (128 + q) x - 136 x, and
+ * every product is exact in fp32. The inputs are rounded to bf16 once per matrix-vector
+ * product (as torch's weight-only kernels do) and laid out by `prepare_int4`. */
+#define EW_INT4_BF16 1
+
+/* xp: per pair of groups (g, g + 1), for r = 0..3: inputs 16r..16r+15 of g, then of g + 1,
+ * as bf16 (128 values); corr: per pair 16 floats, 136/8 of each group's bf16 input sum in
+ * the 8 lanes of that group. A last unpaired group: its 64 inputs in order (rounded). */
+static void prepare_int4(const float *x, int n, uint16_t *xp, float *corr) {
+    int groups = n / GROUP;
+    for (int g = 0; g < groups; g++) {
+        const float *xg = x + g * GROUP;
+        int pair = g / 2, second = g % 2, paired = g + 1 < groups || second;
+        __m512 sum = _mm512_setzero_ps();
+        for (int r = 0; r < 4; r++) {
+            __m256bh half = _mm512_cvtneps_pbh(_mm512_loadu_ps(xg + 16 * r));
+            uint16_t *to = paired ? xp + pair * 2 * GROUP + 32 * r + 16 * second : xp + g * GROUP + 16 * r;
+            _mm256_storeu_si256((__m256i *)to, (__m256i)half);
+            sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)half), 16)));
+        }
+        float c = _mm512_reduce_add_ps(sum) * (136.f / 8.f);
+        if (paired)
+            for (int lane = 0; lane < 8; lane++) corr[pair * 16 + 8 * second + lane] = c;
+        else
+            corr[pair * 16] = c * 8.f;
+    }
+}
+
+static float dot_int4_bf16(const uint8_t *w, const float *scale, const uint16_t *xp, const float *corr, int n) {
+    const __m512i mask = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+    __m512 acc = _mm512_setzero_ps();
+    int groups = n / GROUP, g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        __m512i d = _mm512_loadu_si512(w + g * GROUP / 2);
+        const uint16_t *xb = xp + g * GROUP;
+        /* (word >> 4r) & mask | bias: 0xEA is (A & B) | C */
+        __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_ternarylogic_epi32(d, mask, bias, 0xEA),
+                                    (__m512bh)_mm512_loadu_si512(xb));
+        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 4), mask, bias, 0xEA),
+                             (__m512bh)_mm512_loadu_si512(xb + 32));
+        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 8), mask, bias, 0xEA),
+                             (__m512bh)_mm512_loadu_si512(xb + 64));
+        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 12), mask, bias, 0xEA),
+                             (__m512bh)_mm512_loadu_si512(xb + 96));
+        __m512 s = _mm512_insertf32x8(_mm512_set1_ps(scale[g]), _mm256_set1_ps(scale[g + 1]), 1);
+        acc = _mm512_fmadd_ps(_mm512_sub_ps(p, _mm512_loadu_ps(corr + g * 8)), s, acc);
+    }
+    float total = _mm512_reduce_add_ps(acc);
+    if (g < groups) {  /* a last unpaired group */
+        const uint8_t *group = w + g * GROUP / 2;
+        float sum = 0.f;
+        for (int j = 0; j < GROUP; j++) sum += (float)(nibble(group, j) + 128) * bf16_to_f32(xp[g * GROUP + j]);
+        total += (sum - corr[g * 8]) * scale[g];
+    }
+    return total;
+}
+#endif
+
+static float row_dot(const ew_matrix *m, int row, const float *x) {
+    size_t cols = (size_t)m->cols;
+    switch (m->kind) {
+    case F32: return dot_f32((const float *)m->data + row * cols, x, m->cols);
+    case BF16: return dot_bf16((const uint16_t *)m->data + row * cols, x, m->cols);
+    case INT8: return dot_int8((const int8_t *)m->data + row * cols, x, m->cols) * m->scale[row];
+    default: return dot_int4((const uint8_t *)m->data + row * cols / 2, m->scale + row * (cols / GROUP), x, m->cols);
+    }
+}
+
+
+/* expf within 2 ulp (Cephes' polynomial), written so that `omp simd` loops vectorise it */
+static inline float exp_approx(float x) {
+    x = fminf(fmaxf(x, -87.3f), 88.3f);
+    float n = floorf(x * 1.44269504f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+static inline float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
+
+/* y[first:end] of a COLUMNS matrix: a sum of its rows scaled by x, vectorised along y (no
+ * horizontal sums: the LoRA up-projections have short inputs and many outputs) */
+static void column_outputs(const ew_matrix *m, const float *x, float *y, int first, int end) {
+    size_t outputs = (size_t)m->rows;
+    for (int c = first; c < end; c++) y[c] = 0.f;
+    for (int d = 0; d < m->cols; d++) {
+        float xd = x[d];
+        if (m->kind == BF16) {
+            const uint16_t *row = (const uint16_t *)m->data + d * outputs;
+#pragma omp simd
+            for (int c = first; c < end; c++) y[c] += xd * bf16_to_f32(row[c]);
+        } else {
+            const float *row = (const float *)m->data + d * outputs;
+#pragma omp simd
+            for (int c = first; c < end; c++) y[c] += xd * row[c];
+        }
+    }
+}
+
+/* -- matrix-vector products, split across the team ------------------------------------- */
+
+typedef struct {
+    const ew_matrix *m;
+    const float *x;
+    float *y;
+    int activation;
+} job;
+
+static inline float activate(float y, int activation) {
+    switch (activation) {
+    case TANH: return tanhf(y);
+    case SIGMOID: return sigmoid(y);
+    case RELU_SQUARED: return y > 0.f ? y * y : 0.f;
+    default: return y;
+    }
+}
+
+/* Called by every thread of the team: each takes a contiguous share of all rows of all jobs,
+ * balanced by weights read; ends with a barrier. */
+static void run_jobs(const job *jobs, int count) {
+    long total = 0;
+    for (int j = 0; j < count; j++) total += (long)jobs[j].m->rows * jobs[j].m->cols;
+    int t = omp_get_thread_num(), threads = omp_get_num_threads();
+    long lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
+    for (int j = 0; j < count; j++) {
+        const ew_matrix *m = jobs[j].m;
+        long cols = m->cols, size = (long)m->rows * cols;
+        if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
+            int first = lo > pos ? (int)((lo - pos + cols - 1) / cols) : 0;
+            int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;
+#ifdef EW_INT4_BF16
+            int int4 = m->kind == INT4;
+            uint16_t xp[int4 ? cols : 1];
+            float corr[int4 ? (cols / GROUP / 2 + 1) * 16 : 1];
+            if (int4) prepare_int4(jobs[j].x, m->cols, xp, corr);
+#endif
+            if (m->layout == COLUMNS) column_outputs(m, jobs[j].x, jobs[j].y, first, end);
+            for (int r = first; r < end; r++) {
+                if (m->layout == COLUMNS) {
+                    jobs[j].y[r] = activate(jobs[j].y[r], jobs[j].activation);
+                    continue;
+                }
+#ifdef EW_INT4_BF16
+                float y = int4 ? dot_int4_bf16((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP),
+                                               xp, corr, m->cols)
+                               : row_dot(m, r, jobs[j].x);
+#else
+                float y = row_dot(m, r, jobs[j].x);
+#endif
+                jobs[j].y[r] = activate(y, jobs[j].activation);
+            }
+        }
+        pos += size;
+    }
+#pragma omp barrier
+}
+
+/* -- the small element-wise parts ------------------------------------------------------- */
+
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int n, float eps) {
+    float mean = 0.f, var = 0.f;
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    float inv = 1.f / sqrtf(var / n + eps);
+    for (int i = 0; i < n; i++) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+typedef struct {  /* per-token scratch, [C] each unless noted */
+    float *x, *dx, *xa, *mixed /* [6, C] */, *r, *k, *v, *v_first, *lw, *la, *lv, *g, *y, *hidden /* [F] */;
+    float *low /* [4, max rank] */;
+} scratch;
+
+/* One head of the time mix, after the matrix products: decay, in-context learning rate, the
+ * WKV state update and read-out, group norm, bonus, gate. Returns into s->y. */
+static void time_mix_head(const ew_layer *L, int layer, int h, int N, const float *S_in, float *S_out, scratch *sc) {
+    int o = h * N;
+    const float *w0 = L->w0 + o, *a0 = L->a0 + o, *v0 = L->v0 + o, *k_k = L->k_k + o, *k_a = L->k_a + o;
+    const float *lw = sc->lw + o, *la = sc->la + o, *lv = sc->lv + o, *r = sc->r + o, *g = sc->g + o;
+    float *k = sc->k + o, *v = sc->v + o, *v_first = sc->v_first + o;
+    float w[N], a[N], kk[N], b[N], y[N], norm = 0.f, bonus = 0.f;
+#pragma omp simd reduction(+ : norm)
+    for (int j = 0; j < N; j++) {
+        w[j] = exp_approx(-0.606531f * sigmoid(w0[j] + lw[j]));
+        a[j] = sigmoid(a0[j] + la[j]);
+        kk[j] = k[j] * k_k[j];
+        norm += kk[j] * kk[j];
+    }
+    norm = fmaxf(sqrtf(norm), 1e-12f);
+    if (layer == 0)
+        memcpy(v_first, v, N * sizeof(float));
+    else
+#pragma omp simd
+        for (int j = 0; j < N; j++) v[j] += (v_first[j] - v[j]) * sigmoid(v0[j] + lv[j]);
+#pragma omp simd reduction(+ : bonus)
+    for (int j = 0; j < N; j++) {
+        kk[j] /= norm;
+        b[j] = kk[j] * a[j];
+        k[j] *= 1.f + (a[j] - 1.f) * k_a[j];
+        bonus += r[j] * k[j] * L->r_k[o + j];
+    }
+    for (int i = 0; i < N; i++) {  /* S = S diag(w) - (S kk) b^T + v k^T; y = S r */
+        const float *in = S_in + (size_t)i * N;
+        float *out = S_out + (size_t)i * N;
+        float removed = 0.f, acc = 0.f;
+#pragma omp simd reduction(+ : removed)
+        for (int j = 0; j < N; j++) removed += in[j] * kk[j];
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < N; j++) {
+            float next = in[j] * w[j] + v[i] * k[j] - removed * b[j];
+            out[j] = next;
+            acc += next * r[j];
+        }
+        y[i] = acc;
+    }
+    float mean = 0.f, var = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (int i = 0; i < N; i++) mean += y[i];
+    mean /= N;
+#pragma omp simd reduction(+ : var)
+    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
+    float inv = 1.f / sqrtf(var / N + 64e-5f);
+#pragma omp simd
+    for (int i = 0; i < N; i++)
+        sc->y[o + i] = ((y[i] - mean) * inv * L->lnx_w[o + i] + L->lnx_b[o + i] + bonus * v[i]) * g[i];
+}
+
+/* -- the step ---------------------------------------------------------------------------- */
+
+int ew_abi_version(void) { return 1; }
+
+int ew_simd(void) {
+#ifdef EW_AVX512
+    return 512;
+#else
+    return 0;
+#endif
+}
+
+/* y [T, rows] = x [T, cols] W^T for a few rows of x (a short prompt, or the head after a
+ * prefill): the same kernels as decode. */
+int ew_matmul(const ew_matrix *m, const float *x, int64_t T, float *y, int threads) {
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    for (int64_t t = 0; t < T; t++) {
+        job one = {m, x + t * m->cols, y + t * m->rows, NONE};
+        run_jobs(&one, 1);
+    }
+    return 0;
+}
+
+/* Decode `token`: read the state (att_prev [L, C], ffn_prev [L, C], S [L, H, N, N]) from
+ * *_in, write the next state to *_out (may be the same buffers) and the logits [vocab]. */
+int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float *ffn_in, const float *S_in,
+              float *att_out, float *ffn_out, float *S_out, float *logits, int threads) {
+    int C = m->width, F = m->ffn, H = m->heads, N = m->head_size, rank = 0;
+    for (int i = 0; i < m->layers; i++) {
+        const ew_layer *L = &m->layer[i];
+        int ranks[4] = {L->w1.rows, L->a1.rows, L->v1.rows, L->g1.rows};
+        for (int j = 0; j < 4; j++) rank = ranks[j] > rank ? ranks[j] : rank;
+    }
+    float *buffer = calloc((size_t)C * 19 + F + 4 * (size_t)rank, sizeof(float));
+    if (!buffer) return 1;
+    scratch s;
+    float *p = buffer;
+    float **fields[] = {&s.x, &s.dx, &s.xa, &s.r, &s.k, &s.v, &s.v_first, &s.lw, &s.la, &s.lv, &s.g, &s.y};
+    for (size_t j = 0; j < sizeof fields / sizeof *fields; j++, p += C) *fields[j] = p;
+    s.mixed = p; p += 6 * (size_t)C;
+    s.hidden = p; p += F;
+    s.low = p;
+    float *wl = s.low, *al = s.low + rank, *vl = s.low + 2 * rank, *gl = s.low + 3 * rank;
+
+    if (m->emb.kind == INT8) {
+        const int8_t *row = (const int8_t *)m->emb.data + token * C;
+        for (int c = 0; c < C; c++) s.x[c] = row[c] * m->emb.scale[token];
+    } else {
+        memcpy(s.x, (const float *)m->emb.data + token * C, C * sizeof(float));
+    }
+
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+        for (int i = 0; i < m->layers; i++) {
+            const ew_layer *L = &m->layer[i];
+            size_t state = (size_t)i * H * N * N;
+#pragma omp master
+            {
+                if (i > 0)
+                    for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
+                layer_norm(s.x, L->ln1_w, L->ln1_b, s.xa, C, 1e-5f);
+                for (int c = 0; c < C; c++) {
+                    float now = s.xa[c], shift = att_in[(size_t)i * C + c] - now;
+                    att_out[(size_t)i * C + c] = now;
+                    for (int j = 0; j < 6; j++) s.mixed[j * C + c] = now + shift * L->mix[j * C + c];
+                }
+            }
+#pragma omp barrier
+            const float *xr = s.mixed, *xw = s.mixed + C, *xk = s.mixed + 2 * C, *xv = s.mixed + 3 * C,
+                        *xa = s.mixed + 4 * C, *xg = s.mixed + 5 * C;
+            job first[] = {{&L->r, xr, s.r, NONE}, {&L->k, xk, s.k, NONE}, {&L->v, xv, s.v, NONE},
+                           {&L->w1, xw, wl, TANH}, {&L->a1, xa, al, NONE}, {&L->g1, xg, gl, SIGMOID},
+                           {&L->v1, xv, vl, NONE}};
+            run_jobs(first, L->v1.rows ? 7 : 6);
+            job second[] = {{&L->w2, wl, s.lw, NONE}, {&L->a2, al, s.la, NONE}, {&L->g2, gl, s.g, NONE},
+                            {&L->v2, vl, s.lv, NONE}};
+            run_jobs(second, L->v1.rows ? 4 : 3);
+#pragma omp for schedule(static)
+            for (int h = 0; h < H; h++)
+                time_mix_head(L, i, h, N, S_in + state + (size_t)h * N * N, S_out + state + (size_t)h * N * N, &s);
+            job out[] = {{&L->o, s.y, s.dx, NONE}};
+            run_jobs(out, 1);
+#pragma omp master
+            {
+                for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
+                layer_norm(s.x, L->ln2_w, L->ln2_b, s.xa, C, 1e-5f);
+                for (int c = 0; c < C; c++) {
+                    float now = s.xa[c];
+                    s.mixed[c] = now + (ffn_in[(size_t)i * C + c] - now) * L->ffn_xk[c];
+                    ffn_out[(size_t)i * C + c] = now;
+                }
+            }
+#pragma omp barrier
+            job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};
+            run_jobs(key, 1);
+            job value[] = {{&L->fv, s.hidden, s.dx, NONE}};
+            run_jobs(value, 1);
+        }
+#pragma omp master
+        {
+            for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
+            layer_norm(s.x, m->ln_out_w, m->ln_out_b, s.xa, C, 1e-5f);
+        }
+#pragma omp barrier
+        job head[] = {{&m->head, s.xa, logits, NONE}};
+        run_jobs(head, 1);
+    }
+    free(buffer);
+    return 0;
+}

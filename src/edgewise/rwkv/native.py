@@ -1,0 +1,199 @@
+"""The fused decode step in C (`_decode.c`): compiled on first use, cached, called through ctypes.
+
+Decode is bound by memory bandwidth, but the torch path spends most of each token dispatching
+small ops. `_decode.c` runs one token through every layer in a single call on one OpenMP team
+(torch's own libgomp). It needs a C compiler (`$CC`, else cc/gcc/clang) the first time; the
+library is cached per source, flags and CPU. Without one, or with EDGEWISE_RWKV_NATIVE=0, the
+runtime decodes on the torch path and says so once on stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgewise.files import atomic_path, cache_dir
+
+SOURCE = Path(__file__).with_name("_decode.c")
+ABI_VERSION = 1
+F32, BF16, INT8, INT4 = 0, 1, 2, 3
+ROWS, COLUMNS = 0, 1
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-DEW_SCALAR")
+
+
+class Matrix(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32),
+                ("layout", ctypes.c_int32), ("data", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+
+
+_VECTORS = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "mix", "w0", "a0", "v0", "k_k", "k_a", "r_k", "lnx_w", "lnx_b", "ffn_xk")
+_LORAS = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+_BIG = ("r", "k", "v", "o", "fk", "fv")
+
+
+class Layer(ctypes.Structure):
+    _fields_ = ([(name, ctypes.c_void_p) for name in _VECTORS] + [(name, Matrix) for name in _LORAS]
+                + [(name, Matrix) for name in _BIG])
+
+
+class Model(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int32), ("width", ctypes.c_int32), ("heads", ctypes.c_int32),
+                ("head_size", ctypes.c_int32), ("ffn", ctypes.c_int32), ("vocab", ctypes.c_int32),
+                ("layer", ctypes.POINTER(Layer)), ("emb", Matrix), ("ln_out_w", ctypes.c_void_p),
+                ("ln_out_b", ctypes.c_void_p), ("head", Matrix)]
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
+    """Compile `_decode.c` (or reuse the cached build) and load it. Raises CompileError."""
+    cc = compiler()
+    if cc is None:
+        raise CompileError("no C compiler found (set CC or install gcc)")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags)).encode() + _cpu_signature()).hexdigest()[:16]
+    path = cache_dir() / "native" / f"rwkv7-decode-{key}.so"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise CompileError(f"{cc} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    lib = ctypes.CDLL(str(path))
+    if lib.ew_abi_version() != ABI_VERSION:
+        raise CompileError(f"{path} is a stale build; delete it")
+    lib.ew_decode.restype = lib.ew_matmul.restype = ctypes.c_int
+    lib.ew_decode.argtypes = [ctypes.POINTER(Model), ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
+    lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _cpu_signature() -> bytes:
+    """-march=native builds for this CPU: a cache shared between machines must not mix them."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return flags.encode()
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled decode step for this machine, or None (after one line on stderr) when it
+    cannot be built or EDGEWISE_RWKV_NATIVE=0 turns it off."""
+    if os.environ.get("EDGEWISE_RWKV_NATIVE", "1") == "0":
+        return None
+    try:
+        return build()
+    except (CompileError, OSError) as exc:
+        print(f"edgewise: RWKV decode runs on the slower torch path: {exc}", file=sys.stderr)
+        return None
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
+    """The C view of a quant.Matrix (fp32, int8 or int4); the tensors it points to go to `keep`."""
+    if matrix.kind == "int8":
+        keep += [matrix.q, matrix.scale]
+        return Matrix(INT8, *matrix.q.shape, 0, _ptr(matrix.q), _ptr(matrix.scale))
+    if matrix.kind == "int4":
+        keep += [matrix.packed_bytes, matrix.scale]
+        rows, half = matrix.packed_bytes.shape
+        return Matrix(INT4, rows, half * 2, 0, _ptr(matrix.packed_bytes), _ptr(matrix.scale))
+    return dense(matrix.weight, keep)
+
+
+def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
+    """The C view of an fp32 or bf16 [rows, cols] tensor, contiguous or its transpose."""
+    keep.append(tensor)
+    kind = {torch.float32: F32, torch.bfloat16: BF16}[tensor.dtype]
+    layout = ROWS if tensor.is_contiguous() else COLUMNS
+    if layout == COLUMNS and not tensor.T.is_contiguous():
+        raise ValueError("a matrix for the C kernels must be contiguous or a transposed contiguous tensor")
+    return Matrix(kind, tensor.shape[0], tensor.shape[1], layout, _ptr(tensor), None)
+
+
+def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
+    """x [T, cols] -> [T, rows] float32 through `ew_matmul`."""
+    x = x.float().contiguous()
+    y = torch.empty(x.shape[0], matrix.rows)
+    lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.shape[0], _ptr(y), torch.get_num_threads())
+    return y
+
+
+class Decoder:
+    """One model's weights laid out for `ew_decode`; `step` decodes one token."""
+
+    def __init__(self, model, lib: ctypes.CDLL) -> None:
+        self.lib, self.vocab = lib, model.dims.vocab
+        self._keep: list[torch.Tensor] = []   # every tensor the C side points to stays alive
+        d = model.dims
+        layers = (Layer * d.layers)()
+        lora_dtype = torch.bfloat16 if model.quant else torch.float32
+        for i, source in enumerate(model.layers):
+            p, target = source.p, layers[i]
+            vectors = {"ln1_w": p["ln1.weight"], "ln1_b": p["ln1.bias"], "ln2_w": p["ln2.weight"],
+                       "ln2_b": p["ln2.bias"], "mix": source.mix, "w0": p["att.w0"], "a0": p["att.a0"],
+                       "v0": p.get("att.v0", p["att.a0"]), "k_k": p["att.k_k"], "k_a": p["att.k_a"],
+                       "r_k": p["att.r_k"], "lnx_w": p["att.ln_x.weight"], "lnx_b": p["att.ln_x.bias"],
+                       "ffn_xk": p["ffn.x_k"]}
+            for name, tensor in vectors.items():
+                setattr(target, name, self._vector(tensor))
+            for name in _LORAS:
+                tensor = p.get(f"att.{name}")
+                if tensor is None or (name[0] == "v" and i == 0):   # layer 0 mixes no v_first
+                    continue
+                if name.endswith("1"):  # down: x [C] @ [C, D]; as rows [D, C]
+                    setattr(target, name, dense(tensor.T.contiguous().to(lora_dtype), self._keep))
+                else:                   # up: [D, C] is already the columns of [C, D]
+                    up = tensor.contiguous().to(lora_dtype)
+                    setattr(target, name, dense(up.T, self._keep))
+            for name, key in zip(_BIG, ("att.receptance.weight", "att.key.weight", "att.value.weight",
+                                        "att.output.weight", "ffn.key.weight", "ffn.value.weight")):
+                setattr(target, name, describe(source.m[key], self._keep))
+        emb = model.emb
+        if emb.table is not None:
+            table = dense(emb.table, self._keep)
+        else:
+            self._keep += [emb.q, emb.scale]
+            table = Matrix(INT8, *emb.q.shape, 0, _ptr(emb.q), _ptr(emb.scale))
+        self.model = Model(d.layers, d.width, d.heads, d.head_size, d.ffn, d.vocab, layers, table,
+                           self._vector(model.ln_out[0]), self._vector(model.ln_out[1]),
+                           describe(model.head, self._keep))
+        self._layers = layers
+
+    def _vector(self, tensor: torch.Tensor) -> int:
+        tensor = tensor.float().contiguous()
+        self._keep.append(tensor)
+        return _ptr(tensor)
+
+    def step(self, token: int, state, out=None) -> np.ndarray:
+        """Logits after `token`; `state` (an RWKVState) is read and `out` (default: `state`)
+        receives the next state."""
+        out = state if out is None else out
+        state = type(state)(*(t.float().contiguous() for t in (state.att_prev, state.ffn_prev, state.S)))
+        logits = np.empty(self.vocab, dtype=np.float32)
+        status = self.lib.ew_decode(ctypes.byref(self.model), token, _ptr(state.att_prev), _ptr(state.ffn_prev),
+                                    _ptr(state.S), _ptr(out.att_prev), _ptr(out.ffn_prev), _ptr(out.S),
+                                    logits.ctypes.data, torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("RWKV decode: out of memory for its scratch buffers")
+        return logits

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from edgewise.errors import EdgewiseError
+from edgewise.rwkv import RWKV, native
+from edgewise.rwkv.quant import Int4Matrix, Int8Matrix
+from tests.rwkv.conftest import cosine, relative_error
+
+PROMPT = [1, 5, 77, 3, 42, 200, 7, 9]
+
+
+def _torch_step(model, tokens):
+    """Logits and state after `tokens`, the last one decoded on the torch path."""
+    model.native = False
+    _, state = model.forward(tokens[:-1], use_cache=False)
+    logits, after = model.forward(tokens[-1:], state, use_cache=False)
+    model.native = True
+    return state, logits, after
+
+
+@pytest.mark.parametrize("shape", ["small", "other"])   # "other": width 192, an odd number of int4 groups
+@pytest.mark.parametrize("quant", [None, "int8", "int4"])
+@pytest.mark.parametrize("flags", [native.FLAGS, native.PORTABLE_FLAGS], ids=["native", "portable"])
+def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, flags):
+    model = RWKV.load(checkpoints[shape], quant=quant)
+    before, expected, expected_state = _torch_step(model, PROMPT)
+    decoder = native.Decoder(model, native.build(flags))
+    after = model.new_state()
+    logits = decoder.step(PROMPT[-1], before, after)
+    if quant is None:
+        assert relative_error(logits, expected) < 1e-5
+        assert torch.allclose(after.S, expected_state.S, atol=1e-5)
+    else:  # the torch path rounds activations to bf16 around quantized matrices; C keeps fp32
+        assert cosine(logits, expected) > 0.9999 and np.argmax(logits) == np.argmax(expected)
+        assert torch.allclose(after.S, expected_state.S, atol=0.05)
+    for name in ("att_prev", "ffn_prev"):
+        assert torch.allclose(getattr(after, name), getattr(expected_state, name), atol=0.02)
+
+
+def test_decode_writes_a_new_state_and_keeps_the_given_one(checkpoints):
+    model = RWKV.load(checkpoints["small"], quant="int4")
+    _, state = model.forward(PROMPT, use_cache=False)
+    kept = state.copy()
+    first, after = model.forward([13], state, use_cache=False)
+    assert torch.equal(kept.S, state.S) and not torch.equal(after.S, state.S)
+    again, _ = model.forward([13], state, use_cache=False)
+    assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("cls", [Int8Matrix, Int4Matrix])
+def test_few_row_products_match_the_dequantized_matrix(cls):
+    weight = torch.randn(192, 320, generator=torch.Generator().manual_seed(0))
+    matrix = cls(weight)
+    dequantized = matrix.dequantized().float()
+    assert (dequantized - weight).abs().max() < (0.01 if cls is Int8Matrix else 0.2) * weight.abs().max()
+    x = torch.randn(3, 320, generator=torch.Generator().manual_seed(1))
+    got, want = matrix(x), x @ dequantized.T
+    assert relative_error(got.numpy(), want.numpy()) < 1e-2
+
+
+def test_int4_nibble_order_round_trips():
+    weight = torch.arange(8 * 128, dtype=torch.float32).reshape(8, 128) % 15 - 7   # -7..7 in every group: scale 1
+    matrix = Int4Matrix(weight)
+    assert torch.equal(matrix.scale, torch.ones(8, 2))
+    assert torch.equal(matrix.unpacked().float() - 8, weight)
+    assert torch.equal(matrix.dequantized().float(), weight)
+    y = matrix(torch.eye(128)[:4])   # the C kernel reads the same order: columns 0..3 of W
+    assert torch.equal(y, weight[:, :4].T)
+
+
+def test_without_a_compiler_decode_falls_back_to_torch(checkpoints, monkeypatch, tmp_path, capsys):
+    expected, _ = RWKV.load(checkpoints["other"], quant="int4").forward(PROMPT, use_cache=False)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))   # no cached build either
+    native.library.cache_clear()
+    try:
+        model = RWKV.load(checkpoints["other"], quant="int4")
+        _, state = model.forward(PROMPT[:-1], use_cache=False)
+        logits, _ = model.forward(PROMPT[-1:], state, use_cache=False)
+        assert model.decoder() is None
+        assert "slower torch path" in capsys.readouterr().err
+    finally:
+        native.library.cache_clear()
+    assert cosine(logits, expected) > 0.999
+
+
+def test_an_int4_file_of_the_old_layout_is_refused(tmp_path, checkpoints):
+    path = RWKV.load(checkpoints["small"], quant="int4").save(tmp_path / "m.pt")
+    tensors = torch.load(path, weights_only=True)
+    tensors["edgewise-rwkv7"] = tensors["edgewise-rwkv7"][:7]   # written before the layout version
+    torch.save(tensors, tmp_path / "old.pt")
+    with pytest.raises(EdgewiseError, match="older edgewise.*convert the original checkpoint again"):
+        RWKV.load(tmp_path / "old.pt")

@@ -32,6 +32,9 @@ enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
 enum { ROWS = 0, COLUMNS = 1 };
 #define GROUP 64
+/* Quantized kernels prefetch this far ahead in the weight stream: the hardware prefetcher
+ * alone leaves int8/int4 decode short of the bandwidth (measured 7-14% faster at 4-16 KB). */
+#define PREFETCH 8192
 
 typedef struct {
     int32_t kind, rows, cols, layout;  /* layout COLUMNS: data is [cols, rows] (F32/BF16 only) */
@@ -97,6 +100,7 @@ static float dot_int8(const int8_t *w, const float *x, int n) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
+        _mm_prefetch((const char *)(w + i) + PREFETCH, _MM_HINT_T0);
         a0 = _mm512_fmadd_ps(i8x16(w + i), _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(i8x16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
         a2 = _mm512_fmadd_ps(i8x16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
@@ -185,6 +189,7 @@ static float dot_int4_bf16(const uint8_t *w, const float *scale, const uint16_t 
     int groups = n / GROUP, g = 0;
     for (; g + 2 <= groups; g += 2) {
         __m512i d = _mm512_loadu_si512(w + g * GROUP / 2);
+        _mm_prefetch((const char *)(w + g * GROUP / 2) + PREFETCH, _MM_HINT_T0);
         const uint16_t *xb = xp + g * GROUP;
         /* (word >> 4r) & mask | bias: 0xEA is (A & B) | C */
         __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_ternarylogic_epi32(d, mask, bias, 0xEA),

@@ -30,12 +30,12 @@ def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, flags):
     logits = decoder.step(PROMPT[-1], before, after)
     if quant is None:
         assert relative_error(logits, expected) < 1e-5
-        assert torch.allclose(after.S, expected_state.S, atol=1e-5)
-    else:  # the torch path rounds activations to bf16 around quantized matrices; C keeps fp32
-        assert cosine(logits, expected) > 0.9999 and np.argmax(logits) == np.argmax(expected)
-        assert torch.allclose(after.S, expected_state.S, atol=0.05)
-    for name in ("att_prev", "ffn_prev"):
-        assert torch.allclose(getattr(after, name), getattr(expected_state, name), atol=0.02)
+        for name in ("att_prev", "ffn_prev", "S"):
+            assert torch.allclose(getattr(after, name), getattr(expected_state, name), atol=1e-5)
+    else:  # activations differ around quantized matrices: bf16 in torch, fp32 or int8 (int4 x VNNI) in C
+        assert cosine(logits, expected) > 0.999 and np.argmax(logits) == np.argmax(expected)
+        for name in ("att_prev", "ffn_prev", "S"):
+            assert cosine(getattr(after, name).numpy().ravel(), getattr(expected_state, name).numpy().ravel()) > 0.999
 
 
 def test_decode_writes_a_new_state_and_keeps_the_given_one(checkpoints):

@@ -11,12 +11,11 @@
  *   F32   float
  *   BF16  uint16 (bf16 bits)                          LoRA matrices of quantized models
  *   INT8  int8, w = q * scale[row]                    symmetric per output channel
- *   INT4  uint8 [rows, cols / 2], w = (q - 8) * scale[row, group of 64 inputs], q in 0..15.
- *         A group is 8 little-endian uint32 words; word L holds 8 nibbles, nibble p (bits
- *         4p..4p+3) being input 16 (p % 4) + 2 L + p / 4. So (word >> 4r) & 0x000F000F is
- *         inputs 16r + 2L (low half) and 16r + 2L + 1 (high half): shifts and masks give 16
- *         consecutive inputs as bf16 pairs, with no shuffles.
- * Activations and state are fp32.
+ *   INT4  uint8 [rows, cols / 2], w = (q - 8) * scale[row, group of 64 inputs], q in 0..15;
+ *         byte j of a group holds input j (low nibble) and input j + 32 (high nibble)
+ * Activations and state are fp32, except that int4 matrices multiply int8 activations
+ * (symmetric, one scale per group of 64: llama.cpp's Q4 x Q8) where the CPU has AVX512-VNNI:
+ * converting nibbles to floats made int4 decode bound by arithmetic, not memory.
  */
 #include <math.h>
 #include <stdint.h>
@@ -135,80 +134,82 @@ static float dot_int8(const int8_t *w, const float *x, int n) {
 
 #endif
 
-/* q of input j (0..63) of a group, by the layout above */
-static inline int nibble(const uint8_t *group, int j) {
-    int p = j / 16 + 4 * (j % 2), word = (j % 16) / 2;
-    return (group[4 * word + p / 2] >> (4 * (p % 2))) & 15;
-}
-
-static float dot_int4_group(const uint8_t *group, const float *x) {
-    float s = 0.f;
-    for (int j = 0; j < GROUP; j++) s += (float)(nibble(group, j) - 8) * x[j];
-    return s;
-}
+/* q of input j (0..63) of a group */
+static inline int nibble(const uint8_t *group, int j) { return j < 32 ? group[j] & 15 : group[j - 32] >> 4; }
 
 static float dot_int4(const uint8_t *w, const float *scale, const float *x, int n) {
     float total = 0.f;
-    for (int g = 0; g < n / GROUP; g++) total += dot_int4_group(w + g * GROUP / 2, x + g * GROUP) * scale[g];
+    for (int g = 0; g < n / GROUP; g++) {
+        const uint8_t *b = w + g * GROUP / 2;
+        const float *xg = x + g * GROUP;
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (int j = 0; j < GROUP / 2; j++)
+            s += (float)((b[j] & 15) - 8) * xg[j] + (float)((b[j] >> 4) - 8) * xg[j + GROUP / 2];
+        total += s * scale[g];
+    }
     return total;
 }
 
-#if defined(EW_AVX512) && defined(__AVX512BF16__)
-/* int4 through bf16 dot products (AVX512-BF16), two groups per 512-bit word. A nibble q
- * becomes the bf16 number 128 + q by one bitwise op, (q - 8) x = (128 + q) x - 136 x, and
- * every product is exact in fp32. The inputs are rounded to bf16 once per matrix-vector
- * product (as torch's weight-only kernels do) and laid out by `prepare_int4`. */
-#define EW_INT4_BF16 1
+#if defined(EW_AVX512) && defined(__AVX512VNNI__)
+#define EW_INT4_VNNI 1
 
-/* xp: per pair of groups (g, g + 1), for r = 0..3: inputs 16r..16r+15 of g, then of g + 1,
- * as bf16 (128 values); corr: per pair 16 floats, 136/8 of each group's bf16 input sum in
- * the 8 lanes of that group. A last unpaired group: its 64 inputs in order (rounded). */
-static void prepare_int4(const float *x, int n, uint16_t *xp, float *corr) {
+/* The inputs of an int4 product, quantized per group of 64 and laid out for `dot_int4_vnni`:
+ * per pair of groups (g, g + 1), 128 bytes: inputs 0..31 of g, of g + 1, then 32..63 of g,
+ * of g + 1; and 16 lanes (8 per group) of the group's scale and of its sum of q (the -8
+ * offset). A last unpaired group keeps its 64 inputs in order. */
+typedef struct { int8_t *q; int32_t *sum; float *scale; } int4_inputs;
+
+static void prepare_int4(const float *x, int n, int4_inputs in) {
     int groups = n / GROUP;
     for (int g = 0; g < groups; g++) {
         const float *xg = x + g * GROUP;
-        int pair = g / 2, second = g % 2, paired = g + 1 < groups || second;
-        __m512 sum = _mm512_setzero_ps();
+        __m512 v[4], top = _mm512_setzero_ps();
         for (int r = 0; r < 4; r++) {
-            __m256bh half = _mm512_cvtneps_pbh(_mm512_loadu_ps(xg + 16 * r));
-            uint16_t *to = paired ? xp + pair * 2 * GROUP + 32 * r + 16 * second : xp + g * GROUP + 16 * r;
-            _mm256_storeu_si256((__m256i *)to, (__m256i)half);
-            sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)half), 16)));
+            v[r] = _mm512_loadu_ps(xg + 16 * r);
+            top = _mm512_max_ps(top, _mm512_abs_ps(v[r]));
         }
-        float c = _mm512_reduce_add_ps(sum) * (136.f / 8.f);
-        if (paired)
-            for (int lane = 0; lane < 8; lane++) corr[pair * 16 + 8 * second + lane] = c;
-        else
-            corr[pair * 16] = c * 8.f;
+        float largest = _mm512_reduce_max_ps(top), scale = largest / 127.f;
+        __m512 inverse = _mm512_set1_ps(largest > 0.f ? 127.f / largest : 0.f);
+        __m512i total = _mm512_setzero_si512();
+        int pair = g / 2, second = g % 2, paired = g + 1 < groups || second;
+        for (int r = 0; r < 4; r++) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[r], inverse));   /* round to nearest */
+            total = _mm512_add_epi32(total, q);
+            int8_t *to = paired ? in.q + pair * 128 + 64 * (r / 2) + 32 * second + 16 * (r % 2) : in.q + g * GROUP + 16 * r;
+            _mm_storeu_si128((__m128i *)to, _mm512_cvtepi32_epi8(q));
+        }
+        int sum = _mm512_reduce_add_epi32(total);
+        for (int lane = 0; lane < 8; lane++) {
+            in.sum[pair * 16 + 8 * second + lane] = sum;
+            in.scale[pair * 16 + 8 * second + lane] = scale;
+        }
     }
 }
 
-static float dot_int4_bf16(const uint8_t *w, const float *scale, const uint16_t *xp, const float *corr, int n) {
-    const __m512i mask = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+static float dot_int4_vnni(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc = _mm512_setzero_ps();
     int groups = n / GROUP, g = 0;
     for (; g + 2 <= groups; g += 2) {
         __m512i d = _mm512_loadu_si512(w + g * GROUP / 2);
         _mm_prefetch((const char *)(w + g * GROUP / 2) + PREFETCH, _MM_HINT_T0);
-        const uint16_t *xb = xp + g * GROUP;
-        /* (word >> 4r) & mask | bias: 0xEA is (A & B) | C */
-        __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)_mm512_ternarylogic_epi32(d, mask, bias, 0xEA),
-                                    (__m512bh)_mm512_loadu_si512(xb));
-        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 4), mask, bias, 0xEA),
-                             (__m512bh)_mm512_loadu_si512(xb + 32));
-        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 8), mask, bias, 0xEA),
-                             (__m512bh)_mm512_loadu_si512(xb + 64));
-        p = _mm512_dpbf16_ps(p, (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(d, 12), mask, bias, 0xEA),
-                             (__m512bh)_mm512_loadu_si512(xb + 96));
-        __m512 s = _mm512_insertf32x8(_mm512_set1_ps(scale[g]), _mm256_set1_ps(scale[g + 1]), 1);
-        acc = _mm512_fmadd_ps(_mm512_sub_ps(p, _mm512_loadu_ps(corr + g * 8)), s, acc);
+        const int8_t *xq = in.q + g * GROUP;
+        /* per 32-bit lane: 4 nibbles x 4 inputs, twice; lanes 0-7 group g, 8-15 group g + 1 */
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(d, low), _mm512_loadu_si512(xq));
+        dot = _mm512_dpbusd_epi32(dot, _mm512_and_si512(_mm512_srli_epi16(d, 4), low), _mm512_loadu_si512(xq + 64));
+        dot = _mm512_sub_epi32(dot, _mm512_loadu_si512(in.sum + g * 8));   /* 8 lanes x sum = 8 sum: the offset */
+        __m512 s = _mm512_mul_ps(_mm512_insertf32x8(_mm512_set1_ps(scale[g]), _mm256_set1_ps(scale[g + 1]), 1),
+                                 _mm512_loadu_ps(in.scale + g * 8));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
     }
     float total = _mm512_reduce_add_ps(acc);
     if (g < groups) {  /* a last unpaired group */
-        const uint8_t *group = w + g * GROUP / 2;
-        float sum = 0.f;
-        for (int j = 0; j < GROUP; j++) sum += (float)(nibble(group, j) + 128) * bf16_to_f32(xp[g * GROUP + j]);
-        total += (sum - corr[g * 8]) * scale[g];
+        const uint8_t *b = w + g * GROUP / 2;
+        const int8_t *xq = in.q + g * GROUP;
+        int sum = 0;
+        for (int j = 0; j < GROUP; j++) sum += (nibble(b, j) - 8) * xq[j];
+        total += (float)sum * scale[g] * in.scale[g * 8];
     }
     return total;
 }
@@ -295,11 +296,13 @@ static void run_jobs(const job *jobs, int count) {
         if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
             int first = lo > pos ? (int)((lo - pos + cols - 1) / cols) : 0;
             int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;
-#ifdef EW_INT4_BF16
-            int int4 = m->kind == INT4;
-            uint16_t xp[int4 ? cols : 1];
-            float corr[int4 ? (cols / GROUP / 2 + 1) * 16 : 1];
-            if (int4) prepare_int4(jobs[j].x, m->cols, xp, corr);
+#ifdef EW_INT4_VNNI
+            int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
+            int8_t q[int4 ? cols : 1];
+            int32_t sums[int4 ? pairs * 16 : 1];
+            float scales[int4 ? pairs * 16 : 1];
+            int4_inputs in = {q, sums, scales};
+            if (int4) prepare_int4(jobs[j].x, m->cols, in);
 #endif
             if (m->layout == COLUMNS) column_outputs(m, jobs[j].x, jobs[j].y, first, end);
             for (int r = first; r < end; r++) {
@@ -307,9 +310,8 @@ static void run_jobs(const job *jobs, int count) {
                     jobs[j].y[r] = activate(jobs[j].y[r], jobs[j].activation);
                     continue;
                 }
-#ifdef EW_INT4_BF16
-                float y = int4 ? dot_int4_bf16((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP),
-                                               xp, corr, m->cols)
+#ifdef EW_INT4_VNNI
+                float y = int4 ? dot_int4_vnni((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
                                : row_dot(m, r, jobs[j].x);
 #else
                 float y = row_dot(m, r, jobs[j].x);

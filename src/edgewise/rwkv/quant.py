@@ -1,7 +1,8 @@
 """Weight matrices for the fast runtime: fp32, int8 per output channel, int4 group-wise.
 
 Decode and short prompts run quantized matrices on edgewise's own kernels (`_decode.c`, through
-`native`), with fp32 activations. Long prompts dequantize one matrix at a time to bf16 and run
+`native`): fp32 activations, except int8 activations (per group of 64) for int4 matrices on
+CPUs with AVX512-VNNI. Long prompts dequantize one matrix at a time to bf16 and run
 oneDNN's GEMM. Without a C compiler, torch's CPU weight-only kernels serve (the ones torchao
 uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bf16 activations).
 """
@@ -96,24 +97,10 @@ class Int8Matrix(_Quantized):
         return {f"{name}.q8": self.q, f"{name}.scale": self.scale}
 
 
-def _nibble_order() -> tuple[torch.Tensor, torch.Tensor]:
-    """The input each nibble of a packed group holds: (inputs of the low nibbles, of the high
-    nibbles), by byte. A group is 8 little-endian words; nibble p of word L (bits 4p..4p+3) is
-    input 16 (p % 4) + 2 L + p // 4, so that shifts and masks alone turn a word into 16
-    consecutive inputs (see `_decode.c`)."""
-    word, byte = torch.arange(8)[:, None], torch.arange(4)[None, :]
-    low, high = 2 * byte, 2 * byte + 1                         # nibble positions p
-    to_input = lambda p: 16 * (p % 4) + 2 * word + p // 4       # noqa: E731
-    return to_input(low).reshape(-1), to_input(high).reshape(-1)
-
-
-_LOW_INPUTS, _HIGH_INPUTS = _nibble_order()
-_UNPACK = torch.argsort(torch.cat([_LOW_INPUTS, _HIGH_INPUTS]))  # [low nibbles, high nibbles] -> inputs
-
-
 class Int4Matrix(_Quantized):
-    """Symmetric int4 in groups of INT4_GROUP inputs: w = (q - 8) * scale[out, group], two
-    inputs per byte in the order of `_nibble_order`."""
+    """Symmetric int4 in groups of INT4_GROUP inputs: w = (q - 8) * scale[out, group]. Two
+    inputs per byte: byte j of a group holds input j (low nibble) and input j + 32 (high), so
+    a kernel unpacks a group into two runs of consecutive inputs."""
 
     kind = "int4"
 
@@ -127,7 +114,8 @@ class Int4Matrix(_Quantized):
                 groups = weight[start:start + 8192].float().reshape(-1, in_features // INT4_GROUP, INT4_GROUP)
                 scale[start:start + 8192] = groups.abs().amax(dim=-1).clamp(min=1e-8) / 7.0  # [out, groups]
                 q = (torch.round(groups / scale[start:start + 8192, :, None]).clamp(-8, 7) + 8).to(torch.uint8)
-                packed_bytes[start:start + 8192] = (q[..., _LOW_INPUTS] | (q[..., _HIGH_INPUTS] << 4)).reshape(len(q), -1)
+                half = INT4_GROUP // 2
+                packed_bytes[start:start + 8192] = (q[..., :half] | (q[..., half:] << 4)).reshape(len(q), -1)
         self.packed_bytes, self.scale = packed_bytes.contiguous(), scale.float().contiguous()
         self._torch_packed = None
 
@@ -135,7 +123,7 @@ class Int4Matrix(_Quantized):
         """q in 0..15, [rows, in] uint8."""
         part = self.packed_bytes[rows]
         grouped = part.reshape(len(part), -1, INT4_GROUP // 2)
-        return torch.cat([grouped & 0xF, grouped >> 4], dim=-1)[..., _UNPACK].reshape(len(part), -1)
+        return torch.cat([grouped & 0xF, grouped >> 4], dim=-1).reshape(len(part), -1)
 
     def dequantized(self) -> torch.Tensor:
         out = torch.empty(self.packed_bytes.shape[0], self.packed_bytes.shape[1] * 2, dtype=torch.bfloat16)

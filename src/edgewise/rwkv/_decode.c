@@ -29,14 +29,13 @@
 
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
-enum { ROWS = 0, COLUMNS = 1 };
 #define GROUP 64
 /* Quantized kernels prefetch this far ahead in the weight stream: the hardware prefetcher
  * alone leaves int8/int4 decode short of the bandwidth (measured 7-14% faster at 4-16 KB). */
 #define PREFETCH 8192
 
 typedef struct {
-    int32_t kind, rows, cols, layout;  /* layout COLUMNS: data is [cols, rows] (F32/BF16 only) */
+    int32_t kind, rows, cols, unused;
     const void *data;
     const float *scale;
 } ew_matrix;
@@ -45,7 +44,7 @@ typedef struct {
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     const float *mix;                        /* [6, C]: x_r x_w x_k x_v x_a x_g */
     const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *lnx_w, *lnx_b, *ffn_xk;
-    ew_matrix w1, w2, a1, a2, v1, v2, g1, g2; /* LoRA: downs ROWS, ups COLUMNS; v1.rows == 0 in layer 0 */
+    ew_matrix w1, w2, a1, a2, v1, v2, g1, g2; /* LoRA, [out, in]; v1.rows == 0 in layer 0 */
     ew_matrix r, k, v, o, fk, fv;
 } ew_layer;
 
@@ -246,25 +245,6 @@ static inline float exp_approx(float x) {
 
 static inline float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
 
-/* y[first:end] of a COLUMNS matrix: a sum of its rows scaled by x, vectorised along y (no
- * horizontal sums: the LoRA up-projections have short inputs and many outputs) */
-static void column_outputs(const ew_matrix *m, const float *x, float *y, int first, int end) {
-    size_t outputs = (size_t)m->rows;
-    for (int c = first; c < end; c++) y[c] = 0.f;
-    for (int d = 0; d < m->cols; d++) {
-        float xd = x[d];
-        if (m->kind == BF16) {
-            const uint16_t *row = (const uint16_t *)m->data + d * outputs;
-#pragma omp simd
-            for (int c = first; c < end; c++) y[c] += xd * bf16_to_f32(row[c]);
-        } else {
-            const float *row = (const float *)m->data + d * outputs;
-#pragma omp simd
-            for (int c = first; c < end; c++) y[c] += xd * row[c];
-        }
-    }
-}
-
 /* -- matrix-vector products, split across the team ------------------------------------- */
 
 typedef struct {
@@ -304,12 +284,7 @@ static void run_jobs(const job *jobs, int count) {
             int4_inputs in = {q, sums, scales};
             if (int4) prepare_int4(jobs[j].x, m->cols, in);
 #endif
-            if (m->layout == COLUMNS) column_outputs(m, jobs[j].x, jobs[j].y, first, end);
             for (int r = first; r < end; r++) {
-                if (m->layout == COLUMNS) {
-                    jobs[j].y[r] = activate(jobs[j].y[r], jobs[j].activation);
-                    continue;
-                }
 #ifdef EW_INT4_VNNI
                 float y = int4 ? dot_int4_vnni((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
                                : row_dot(m, r, jobs[j].x);

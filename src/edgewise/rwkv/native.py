@@ -27,14 +27,13 @@ from edgewise.files import atomic_path, cache_dir
 SOURCE = Path(__file__).with_name("_decode.c")
 ABI_VERSION = 1
 F32, BF16, INT8, INT4 = 0, 1, 2, 3
-ROWS, COLUMNS = 0, 1
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
 PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-DEW_SCALAR")
 
 
 class Matrix(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int32), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32),
-                ("layout", ctypes.c_int32), ("data", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+                ("unused", ctypes.c_int32), ("data", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
 
 
 _VECTORS = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "mix", "w0", "a0", "v0", "k_k", "k_a", "r_k", "lnx_w", "lnx_b", "ffn_xk")
@@ -122,13 +121,11 @@ def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
 
 
 def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
-    """The C view of an fp32 or bf16 [rows, cols] tensor, contiguous or its transpose."""
+    """The C view of a contiguous fp32 or bf16 [rows, cols] tensor."""
+    tensor = tensor.contiguous()
     keep.append(tensor)
     kind = {torch.float32: F32, torch.bfloat16: BF16}[tensor.dtype]
-    layout = ROWS if tensor.is_contiguous() else COLUMNS
-    if layout == COLUMNS and not tensor.T.is_contiguous():
-        raise ValueError("a matrix for the C kernels must be contiguous or a transposed contiguous tensor")
-    return Matrix(kind, tensor.shape[0], tensor.shape[1], layout, _ptr(tensor), None)
+    return Matrix(kind, tensor.shape[0], tensor.shape[1], 0, _ptr(tensor), None)
 
 
 def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
@@ -161,11 +158,7 @@ class Decoder:
                 tensor = p.get(f"att.{name}")
                 if tensor is None or (name[0] == "v" and i == 0):   # layer 0 mixes no v_first
                     continue
-                if name.endswith("1"):  # down: x [C] @ [C, D]; as rows [D, C]
-                    setattr(target, name, dense(tensor.T.contiguous().to(lora_dtype), self._keep))
-                else:                   # up: [D, C] is already the columns of [C, D]
-                    up = tensor.contiguous().to(lora_dtype)
-                    setattr(target, name, dense(up.T, self._keep))
+                setattr(target, name, dense(tensor.T.contiguous().to(lora_dtype), self._keep))  # x @ W: W.T rows
             for name, key in zip(_BIG, ("att.receptance.weight", "att.key.weight", "att.value.weight",
                                         "att.output.weight", "ffn.key.weight", "ffn.value.weight")):
                 setattr(target, name, describe(source.m[key], self._keep))

@@ -227,7 +227,7 @@ static float row_dot(const ew_matrix *m, int row, const float *x) {
 
 /* expf within 2 ulp (Cephes' polynomial), written so that `omp simd` loops vectorise it */
 static inline float exp_approx(float x) {
-    x = fminf(fmaxf(x, -87.3f), 88.3f);
+    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;   /* not fminf/fmaxf: those block vectorising */
     float n = floorf(x * 1.44269504f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -343,6 +343,32 @@ static void time_mix_head(const ew_layer *L, int layer, int h, int N, const floa
         k[j] *= 1.f + (a[j] - 1.f) * k_a[j];
         bonus += r[j] * k[j] * L->r_k[o + j];
     }
+#ifdef EW_AVX512
+    if (N == 64) {  /* every released RWKV-7: four vectors a row, in registers */
+        __m512 W[4], KK[4], K[4], B[4], R[4];
+        for (int q = 0; q < 4; q++) {
+            W[q] = _mm512_loadu_ps(w + 16 * q), KK[q] = _mm512_loadu_ps(kk + 16 * q), K[q] = _mm512_loadu_ps(k + 16 * q);
+            B[q] = _mm512_loadu_ps(b + 16 * q), R[q] = _mm512_loadu_ps(r + 16 * q);
+        }
+        for (int i = 0; i < N; i++) {
+            const float *in = S_in + (size_t)i * N;
+            float *out = S_out + (size_t)i * N;
+            __m512 row[4];
+            for (int q = 0; q < 4; q++) row[q] = _mm512_loadu_ps(in + 16 * q);
+            __m512 removed = _mm512_add_ps(_mm512_fmadd_ps(row[0], KK[0], _mm512_mul_ps(row[1], KK[1])),
+                                           _mm512_fmadd_ps(row[2], KK[2], _mm512_mul_ps(row[3], KK[3])));
+            removed = _mm512_set1_ps(_mm512_reduce_add_ps(removed));
+            __m512 vi = _mm512_set1_ps(v[i]), acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            for (int q = 0; q < 4; q++) {
+                __m512 next = _mm512_fnmadd_ps(removed, B[q], _mm512_fmadd_ps(vi, K[q], _mm512_mul_ps(row[q], W[q])));
+                _mm512_storeu_ps(out + 16 * q, next);
+                if (q % 2) acc1 = _mm512_fmadd_ps(next, R[q], acc1);
+                else acc0 = _mm512_fmadd_ps(next, R[q], acc0);
+            }
+            y[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        }
+    } else
+#endif
     for (int i = 0; i < N; i++) {  /* S = S diag(w) - (S kk) b^T + v k^T; y = S r */
         const float *in = S_in + (size_t)i * N;
         float *out = S_out + (size_t)i * N;

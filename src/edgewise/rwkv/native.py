@@ -27,8 +27,8 @@ from edgewise.files import atomic_path, cache_dir
 SOURCE = Path(__file__).with_name("_decode.c")
 ABI_VERSION = 1
 F32, BF16, INT8, INT4 = 0, 1, 2, 3
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
-PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-DEW_SCALAR")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
+PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-DEW_SCALAR")
 
 
 class Matrix(ctypes.Structure):

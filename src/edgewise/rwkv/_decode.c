@@ -303,11 +303,22 @@ static void run_jobs(const job *jobs, int count) {
 
 static void layer_norm(const float *x, const float *w, const float *b, float *out, int n, float eps) {
     float mean = 0.f, var = 0.f;
+#pragma omp simd reduction(+ : mean)
     for (int i = 0; i < n; i++) mean += x[i];
     mean /= n;
+#pragma omp simd reduction(+ : var)
     for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
     float inv = 1.f / sqrtf(var / n + eps);
+#pragma omp simd
     for (int i = 0; i < n; i++) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+/* out[j] = x + (prev - x) * mix[j] for `count` mixes, then keep = x (keep may be prev) */
+static void token_shift(const float *x, const float *prev, float *keep, const float *mix, int count, int C, float *out) {
+    for (int j = 0; j < count; j++)
+#pragma omp simd
+        for (int c = 0; c < C; c++) out[j * C + c] = x[c] + (prev[c] - x[c]) * mix[j * C + c];
+    memcpy(keep, x, C * sizeof(float));
 }
 
 typedef struct {  /* per-token scratch, [C] each unless noted */
@@ -319,7 +330,7 @@ typedef struct {  /* per-token scratch, [C] each unless noted */
  * WKV state update and read-out, group norm, bonus, gate. Returns into s->y. */
 static void time_mix_head(const ew_layer *L, int layer, int h, int N, const float *S_in, float *S_out, scratch *sc) {
     int o = h * N;
-    const float *w0 = L->w0 + o, *a0 = L->a0 + o, *v0 = L->v0 + o, *k_k = L->k_k + o, *k_a = L->k_a + o;
+    const float *w0 = L->w0 + o, *a0 = L->a0 + o, *v0 = L->v0 + o, *k_k = L->k_k + o, *k_a = L->k_a + o, *r_k = L->r_k + o;
     const float *lw = sc->lw + o, *la = sc->la + o, *lv = sc->lv + o, *r = sc->r + o, *g = sc->g + o;
     float *k = sc->k + o, *v = sc->v + o, *v_first = sc->v_first + o;
     float w[N], a[N], kk[N], b[N], y[N], norm = 0.f, bonus = 0.f;
@@ -341,7 +352,7 @@ static void time_mix_head(const ew_layer *L, int layer, int h, int N, const floa
         kk[j] /= norm;
         b[j] = kk[j] * a[j];
         k[j] *= 1.f + (a[j] - 1.f) * k_a[j];
-        bonus += r[j] * k[j] * L->r_k[o + j];
+        bonus += r[j] * k[j] * r_k[j];
     }
 #ifdef EW_AVX512
     if (N == 64) {  /* every released RWKV-7: four vectors a row, in registers */
@@ -456,11 +467,7 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
                 if (i > 0)
                     for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
                 layer_norm(s.x, L->ln1_w, L->ln1_b, s.xa, C, 1e-5f);
-                for (int c = 0; c < C; c++) {
-                    float now = s.xa[c], shift = att_in[(size_t)i * C + c] - now;
-                    att_out[(size_t)i * C + c] = now;
-                    for (int j = 0; j < 6; j++) s.mixed[j * C + c] = now + shift * L->mix[j * C + c];
-                }
+                token_shift(s.xa, att_in + (size_t)i * C, att_out + (size_t)i * C, L->mix, 6, C, s.mixed);
             }
 #pragma omp barrier
             const float *xr = s.mixed, *xw = s.mixed + C, *xk = s.mixed + 2 * C, *xv = s.mixed + 3 * C,
@@ -481,11 +488,7 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
             {
                 for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
                 layer_norm(s.x, L->ln2_w, L->ln2_b, s.xa, C, 1e-5f);
-                for (int c = 0; c < C; c++) {
-                    float now = s.xa[c];
-                    s.mixed[c] = now + (ffn_in[(size_t)i * C + c] - now) * L->ffn_xk[c];
-                    ffn_out[(size_t)i * C + c] = now;
-                }
+                token_shift(s.xa, ffn_in + (size_t)i * C, ffn_out + (size_t)i * C, L->ffn_xk, 1, C, s.mixed);
             }
 #pragma omp barrier
             job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};

@@ -110,12 +110,17 @@ def quality(console: Console, held_tokens: int = 4096) -> None:
         train(path)
     _, held = held_out_split(np.asarray(world_tokenizer().encode(corpus()), dtype=np.int64))
     held = held[:held_tokens]
-    ppl = {q or "fp32": perplexity(RWKV.load(path, quant=q).logits_all, held) for q in (None, "int8", "int4")}
-    console.print(f"tiny trained RWKV-7 ({path.name}), perplexity on {len(held)} held-out tokens: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
-    for quant, limit in (("int8", 0.01), ("int4", 0.05)):
-        change = ppl[quant] / ppl["fp32"] - 1
-        console.print(f"{'PASS' if change <= limit else 'FAIL'}  {quant} perplexity within {limit:.0%} of fp32: {change:+.2%}")
+    for path_name, stepwise in (("prefill", False), ("decode", True)):   # the torch and the fused C paths
+        ppl = {}
+        for quant in (None, "int8", "int4"):
+            model = RWKV.load(path, quant=quant)
+            ppl[quant or "fp32"] = perplexity(lambda tokens: model.logits_all(tokens, stepwise=stepwise), held)
+        console.print(f"tiny trained RWKV-7 ({path.name}), perplexity on {len(held)} held-out tokens, {path_name} path: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
+        for quant, limit in (("int8", 0.01), ("int4", 0.05)):
+            change = ppl[quant] / ppl["fp32"] - 1
+            console.print(f"{'PASS' if change <= limit else 'FAIL'}  {quant} perplexity within {limit:.0%} of fp32 "
+                          f"({path_name} path): {change:+.2%}")
 
 
 def tokenizer_speed(console: Console) -> None:

@@ -35,6 +35,11 @@ def test_prefill_equals_token_by_token(checkpoints, shape):
     assert torch.allclose(state.S, whole_state.S, atol=1e-5)
 
 
+def test_stepwise_logits_follow_the_decode_path(checkpoints):
+    model = RWKV.load(checkpoints["small"])
+    assert relative_error(model.logits_all(TOKENS, stepwise=True), model.logits_all(TOKENS)) < 1e-5
+
+
 @pytest.mark.parametrize("quant, min_cosine", [("int8", 0.999), ("int4", 0.95)])  # random weights: int4 worst case
 def test_quantized_runtime_stays_close(checkpoints, quant, min_cosine):
     expected = _reference_logits(checkpoints["other"], TOKENS)

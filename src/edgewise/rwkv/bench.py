@@ -16,7 +16,8 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     """Tokens/s for a `prompt_tokens` prefill and `decode_tokens` one-at-a-time steps."""
     rng = np.random.default_rng(seed)
     prompt = rng.integers(1, model.dims.vocab, prompt_tokens).tolist()
-    model.forward(prompt[:16], use_cache=False)                     # warm-up
+    _, warm = model.forward(prompt[:16], use_cache=False)          # warm-up: prefill, and decode
+    model.forward(prompt[16:17], warm, use_cache=False)               # (builds the fused decode step)
     wall, cpu = time.perf_counter(), time.process_time()
     logits, state = model.forward(prompt, use_cache=False)
     prefill_s, prefill_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -32,6 +33,7 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
         "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": decode_tokens / decode_s,
         "decode_ms_per_token": decode_s / decode_tokens * 1e3, "peak_rss_mb": own_peak_rss_mb(),
         "weight_bytes": model.weight_bytes, "state_bytes": state.size_bytes,
+        "decode_weight_gb_per_s": model.weight_bytes * decode_tokens / decode_s / 1e9,
         "energy_j_per_token": energy.estimate_energy_j(decode_cpu / decode_tokens, watts),
         "prefill_energy_j_per_token": energy.estimate_energy_j(prefill_cpu / prompt_tokens, watts),
         "energy_method": "estimate",

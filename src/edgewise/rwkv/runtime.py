@@ -212,8 +212,16 @@ class RWKV:
         return self._decoder
 
     @torch.inference_mode()
-    def logits_all(self, tokens: list[int], state: RWKVState | None = None) -> np.ndarray:
-        """Logits after every token, [T, vocab] float32 (for perplexity)."""
+    def logits_all(self, tokens: list[int], state: RWKVState | None = None, stepwise: bool = False) -> np.ndarray:
+        """Logits after every token, [T, vocab] float32 (for perplexity). `stepwise` feeds the
+        tokens one at a time, through the decode path that generation takes, instead of as a
+        prefilled sequence."""
+        if stepwise:
+            rows = []
+            for token in tokens:
+                logits, state = self.forward([token], state if state is not None else self.new_state(), use_cache=False)
+                rows.append(logits)
+            return np.stack(rows)
         state = self.new_state() if state is None else state.copy()
         return np.concatenate([self._run(torch.tensor(tokens[start:start + PREFILL_CHUNK]), state, every=True)
                                for start in range(0, len(tokens), PREFILL_CHUNK)])

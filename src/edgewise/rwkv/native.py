@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path, cache_dir
 
 SOURCE = Path(__file__).with_name("_decode.c")
@@ -70,7 +71,11 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
     path = cache_dir() / "native" / f"rwkv7-decode-{key}.so"
     if not path.is_file():
         with atomic_path(path) as tmp:
-            done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+            try:
+                done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
+                                      timeout=300)
+            except subprocess.TimeoutExpired:
+                raise CompileError(f"{cc} took more than 5 minutes") from None
             if done.returncode != 0:
                 raise CompileError(f"{cc} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}")
     lib = ctypes.CDLL(str(path))
@@ -99,7 +104,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         return build()
-    except (CompileError, OSError) as exc:
+    except (CompileError, OSError, EdgewiseError) as exc:   # no compiler, a failed build, an unwritable cache
         print(f"edgewise: RWKV decode runs on the slower torch path: {exc}", file=sys.stderr)
         return None
 

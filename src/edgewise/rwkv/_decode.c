@@ -410,12 +410,16 @@ static void time_mix_head(const ew_layer *L, int layer, int h, int N, const floa
 
 int ew_abi_version(void) { return 1; }
 
-int ew_simd(void) {
+/* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI */
+int ew_features(void) {
+    int features = 0;
 #ifdef EW_AVX512
-    return 512;
-#else
-    return 0;
+    features |= 1;
 #endif
+#ifdef EW_INT4_VNNI
+    features |= 2;
+#endif
+    return features;
 }
 
 /* y [T, rows] = x [T, cols] W^T for a few rows of x (a short prompt, or the head after a

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgewise.measure import energy
 from edgewise.measure.memory import own_peak_rss_mb
+from edgewise.rwkv import native
 from edgewise.rwkv.runtime import RWKV
 
 
@@ -16,8 +17,8 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     """Tokens/s for a `prompt_tokens` prefill and `decode_tokens` one-at-a-time steps."""
     rng = np.random.default_rng(seed)
     prompt = rng.integers(1, model.dims.vocab, prompt_tokens).tolist()
-    _, warm = model.forward(prompt[:16], use_cache=False)          # warm-up: prefill, and decode
-    model.forward(prompt[16:17], warm, use_cache=False)               # (builds the fused decode step)
+    logits, warm = model.forward(prompt[:16], use_cache=False)     # warm-up: prefill, and decode
+    model.forward([int(np.argmax(logits))], warm, use_cache=False)    # (builds the fused decode step)
     wall, cpu = time.perf_counter(), time.process_time()
     logits, state = model.forward(prompt, use_cache=False)
     prefill_s, prefill_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -30,6 +31,7 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     watts = energy.profile(device).watts_per_core
     return {
         "quant": model.quant or "fp32", "layers": model.dims.layers, "width": model.dims.width,
+        "decode_kernels": native.kernels(native.library() if model.decoder() is not None else None),
         "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": decode_tokens / decode_s,
         "decode_ms_per_token": decode_s / decode_tokens * 1e3, "peak_rss_mb": own_peak_rss_mb(),
         "weight_bytes": model.weight_bytes, "state_bytes": state.size_bytes,

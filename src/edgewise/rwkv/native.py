@@ -87,6 +87,14 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
     return lib
 
 
+def kernels(lib: ctypes.CDLL | None) -> str:
+    """What decodes: "c-avx512-vnni", "c-avx512", "c-portable" or "torch"."""
+    if lib is None:
+        return "torch"
+    features = lib.ew_features()
+    return "c-" + ("avx512" + ("-vnni" if features & 2 else "") if features & 1 else "portable")
+
+
 def _cpu_signature() -> bytes:
     """-march=native builds for this CPU: a cache shared between machines must not mix them."""
     try:

@@ -78,14 +78,23 @@ static float dot_f32(const float *w, const float *x, int n) {
     return s;
 }
 
+static inline __m512 bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
 static float dot_bf16(const uint16_t *w, const float *x, int n) {
-    __m512 a0 = _mm512_setzero_ps();
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i)));
-        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), _mm512_loadu_ps(x + i), a0);
+    for (; i + 64 <= n; i += 64) {  /* four chains: one would wait on the FMA latency */
+        _mm_prefetch((const char *)(w + i) + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + i + 32) + PREFETCH, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(bf16x16(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(bf16x16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(bf16x16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(bf16x16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
     }
-    float s = _mm512_reduce_add_ps(a0);
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(bf16x16(w + i), _mm512_loadu_ps(x + i), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
     return s;
 }

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from edgewise.errors import EdgewiseError
-from edgewise.rwkv import RWKV, native
+from edgewise.rwkv import RWKV, RWKVState, native
 from edgewise.rwkv.quant import Int4Matrix, Int8Matrix
 from tests.rwkv.conftest import cosine, relative_error
 
@@ -11,11 +11,10 @@ PROMPT = [1, 5, 77, 3, 42, 200, 7, 9]
 
 
 def _torch_step(model, tokens):
-    """Logits and state after `tokens`, the last one decoded on the torch path."""
-    model.native = False
-    _, state = model.forward(tokens[:-1], use_cache=False)
-    logits, after = model.forward(tokens[-1:], state, use_cache=False)
-    model.native = True
+    """Logits and state after `tokens`, all on the torch path, the last token decoded alone."""
+    with native.disabled():
+        _, state = model.forward(tokens[:-1], use_cache=False)
+        logits, after = model.forward(tokens[-1:], state, use_cache=False)
     return state, logits, after
 
 
@@ -92,3 +91,25 @@ def test_an_int4_file_of_the_old_layout_is_refused(tmp_path, checkpoints):
     torch.save(tensors, tmp_path / "old.pt")
     with pytest.raises(EdgewiseError, match="older edgewise.*convert the original checkpoint again"):
         RWKV.load(tmp_path / "old.pt")
+
+
+def test_the_c_step_refuses_states_it_would_overrun(checkpoints):
+    model = RWKV.load(checkpoints["small"])
+    state = model.new_state()
+    with pytest.raises(EdgewiseError, match="another model shape"):   # forward checks every tensor's shape
+        model.forward([1], RWKVState(state.att_prev, torch.zeros(2, 1), state.S))
+    decoder = model.decoder()
+    with pytest.raises(ValueError, match="output state"):
+        decoder.step(1, state, RWKVState(state.att_prev, state.ffn_prev, state.S.transpose(2, 3)))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        decoder.step(320, state, model.new_state())
+
+
+def test_a_wrapped_compiler_and_a_damaged_cached_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "env gcc")   # a wrapper and its compiler, as with ccache
+    damaged = native.cached_build(native.compiler(), native.PORTABLE_FLAGS)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a shared object")   # as left by an earlier crash
+    assert native.build(native.PORTABLE_FLAGS).ew_abi_version() == native.ABI_VERSION   # rebuilt, loaded
+    assert damaged.read_bytes()[:4] == b"\x7fELF"

@@ -275,13 +275,13 @@ static inline float activate(float y, int activation) {
 /* Called by every thread of the team: each takes a contiguous share of all rows of all jobs,
  * balanced by weights read; ends with a barrier. */
 static void run_jobs(const job *jobs, int count) {
-    long total = 0;
-    for (int j = 0; j < count; j++) total += (long)jobs[j].m->rows * jobs[j].m->cols;
+    int64_t total = 0;
+    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * jobs[j].m->cols;
     int t = omp_get_thread_num(), threads = omp_get_num_threads();
-    long lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
+    int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
     for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        long cols = m->cols, size = (long)m->rows * cols;
+        int64_t cols = m->cols, size = (int64_t)m->rows * cols;
         if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
             int first = lo > pos ? (int)((lo - pos + cols - 1) / cols) : 0;
             int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;

@@ -2,21 +2,25 @@
 
 Decode is bound by memory bandwidth, but the torch path spends most of each token dispatching
 small ops. `_decode.c` runs one token through every layer in a single call on one OpenMP team
-(torch's own libgomp). It needs a C compiler (`$CC`, else cc/gcc/clang) the first time; the
-library is cached per source, flags and CPU. Without one, or with EDGEWISE_RWKV_NATIVE=0, the
-runtime decodes on the torch path and says so once on stderr.
+(with gcc: torch's own libgomp). It needs a C compiler (`$CC`, else cc/gcc/clang) the first
+time; the library is cached per source, flags and CPU. Where `-march=native` does not build, a
+portable build serves. Without a compiler, or with EDGEWISE_RWKV_NATIVE=0, the runtime decodes
+on the torch path and says so once on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +62,12 @@ class CompileError(RuntimeError):
     pass
 
 
-def compiler() -> str | None:
-    return os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+def compiler() -> list[str] | None:
+    """The C compiler command: $CC (may carry a wrapper, as "ccache gcc"), else cc, gcc or clang."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    return [found] if found else None
 
 
 def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
@@ -67,24 +75,40 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
     cc = compiler()
     if cc is None:
         raise CompileError("no C compiler found (set CC or install gcc)")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags)).encode() + _cpu_signature()).hexdigest()[:16]
-    path = cache_dir() / "native" / f"rwkv7-decode-{key}.so"
-    if not path.is_file():
-        with atomic_path(path) as tmp:
-            try:
-                done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-                                      timeout=300)
-            except subprocess.TimeoutExpired:
-                raise CompileError(f"{cc} took more than 5 minutes") from None
-            if done.returncode != 0:
-                raise CompileError(f"{cc} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-    lib = ctypes.CDLL(str(path))
+    path = cached_build(cc, flags)
+    for attempt in range(2):
+        if not path.is_file():
+            _compile(cc, flags, path)
+        try:
+            lib = ctypes.CDLL(str(path))
+            break
+        except OSError:
+            if attempt:
+                raise
+            path.unlink(missing_ok=True)   # a damaged cached build: build it again, once
     if lib.ew_abi_version() != ABI_VERSION:
         raise CompileError(f"{path} is a stale build; delete it")
     lib.ew_decode.restype = lib.ew_matmul.restype = ctypes.c_int
     lib.ew_decode.argtypes = [ctypes.POINTER(Model), ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
     lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     return lib
+
+
+def cached_build(cc: list[str], flags: tuple[str, ...]) -> Path:
+    """Where the build of this source with this compiler, these flags, for this CPU is cached."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*cc, *flags)).encode() + _cpu_signature()).hexdigest()[:16]
+    return cache_dir() / "native" / f"rwkv7-decode-{key}.so"
+
+
+def _compile(cc: list[str], flags: tuple[str, ...], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        try:
+            done = subprocess.run([*cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+        except subprocess.TimeoutExpired:
+            raise CompileError(f"{cc[-1]} took more than 5 minutes") from None
+        if done.returncode != 0:
+            raise CompileError(f"{cc[-1]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}")
 
 
 def kernels(lib: ctypes.CDLL | None) -> str:
@@ -104,17 +128,41 @@ def _cpu_signature() -> bytes:
     return flags.encode()
 
 
-@functools.cache
+_disabled = 0
+
+
 def library() -> ctypes.CDLL | None:
-    """The compiled decode step for this machine, or None (after one line on stderr) when it
-    cannot be built or EDGEWISE_RWKV_NATIVE=0 turns it off."""
+    """The compiled kernels for this machine, or None: inside `disabled()`, with
+    EDGEWISE_RWKV_NATIVE=0, or (after one line on stderr) when they cannot be built."""
+    return None if _disabled else _library()
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
     if os.environ.get("EDGEWISE_RWKV_NATIVE", "1") == "0":
         return None
     try:
-        return build()
+        try:
+            return build()
+        except CompileError:
+            return build(PORTABLE_FLAGS)   # e.g. a compiler that rejects -march=native
     except (CompileError, OSError, EdgewiseError) as exc:   # no compiler, a failed build, an unwritable cache
         print(f"edgewise: RWKV decode runs on the slower torch path: {exc}", file=sys.stderr)
         return None
+
+
+library.cache_clear = _library.cache_clear
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Everything on the torch path while inside (to compare the two)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
 
 
 def _ptr(t: torch.Tensor) -> int:
@@ -143,6 +191,8 @@ def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
 
 def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
     """x [T, cols] -> [T, rows] float32 through `ew_matmul`."""
+    if x.dim() != 2 or x.shape[1] != matrix.cols:
+        raise ValueError(f"matmul: x must be [T, {matrix.cols}], got {list(x.shape)}")
     x = x.float().contiguous()
     y = torch.empty(x.shape[0], matrix.rows)
     lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.shape[0], _ptr(y), torch.get_num_threads())
@@ -177,7 +227,7 @@ class Decoder:
                 setattr(target, name, describe(source.m[key], self._keep))
         emb = model.emb
         if emb.table is not None:
-            table = dense(emb.table, self._keep)
+            table = dense(emb.table.float(), self._keep)
         else:
             self._keep += [emb.q, emb.scale]
             table = Matrix(INT8, *emb.q.shape, 0, _ptr(emb.q), _ptr(emb.scale))
@@ -193,8 +243,18 @@ class Decoder:
 
     def step(self, token: int, state, out=None) -> np.ndarray:
         """Logits after `token`; `state` (an RWKVState) is read and `out` (default: `state`)
-        receives the next state."""
-        out = state if out is None else out
+        receives the next state. C writes into `out`: it must be float32, contiguous and of this
+        model's shape."""
+        d, out = self.model, state if out is None else out
+        if not 0 <= token < d.vocab:
+            raise ValueError(f"token {token} is outside the vocabulary 0..{d.vocab - 1}")
+        shapes = ((d.layers, d.width), (d.layers, d.width), (d.layers, d.heads, d.head_size, d.head_size))
+        tensors = (out.att_prev, out.ffn_prev, out.S)
+        if any(tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous()
+               for t, shape in zip(tensors, shapes)):
+            raise ValueError("the output state must be float32, contiguous and shaped for this model")
+        if any(tuple(t.shape) != shape for t, shape in zip((state.att_prev, state.ffn_prev, state.S), shapes)):
+            raise ValueError("the state is shaped for another model")
         state = type(state)(*(t.float().contiguous() for t in (state.att_prev, state.ffn_prev, state.S)))
         logits = np.empty(self.vocab, dtype=np.float32)
         status = self.lib.ew_decode(ctypes.byref(self.model), token, _ptr(state.att_prev), _ptr(state.ffn_prev),

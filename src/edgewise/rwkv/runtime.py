@@ -84,7 +84,6 @@ class RWKV:
                  head: Matrix, quant: str | None) -> None:
         self.dims, self.emb, self.layers, self.ln_out, self.head, self.quant = dims, emb, layers, ln_out, head, quant
         self.cache = PrefixCache()
-        self.native = True   # False: decode on the torch path too (slower; for comparison)
         self._decoder: native.Decoder | None | bool = False   # built on the first decode
 
     # -- loading ---------------------------------------------------------------------------
@@ -204,7 +203,7 @@ class RWKV:
 
     def decoder(self) -> native.Decoder | None:
         """The fused C decode step for this model, or None where it cannot be built."""
-        if not self.native:
+        if native.library() is None:   # none built, or inside native.disabled()
             return None
         if self._decoder is False:
             lib = native.library()

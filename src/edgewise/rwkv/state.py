@@ -62,6 +62,7 @@ class RWKVState:
         return cls(tensors["att_prev"].float(), tensors["ffn_prev"].float(), tensors["S"].float())
 
     def check(self, layers: int, width: int, heads: int, head_size: int) -> None:
-        if tuple(self.S.shape) != (layers, heads, head_size, head_size) or tuple(self.att_prev.shape) != (layers, width):
+        if (tuple(self.S.shape) != (layers, heads, head_size, head_size) or tuple(self.att_prev.shape) != (layers, width)
+                or tuple(self.ffn_prev.shape) != (layers, width)):
             raise EdgewiseError(f"the state is for another model shape (S {list(self.S.shape)}); "
                                 f"this model has {layers} layers, width {width}")

@@ -11,6 +11,7 @@ the machine's other tenants), each block judged against the better reading besid
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def quality(console: Console, held_tokens: int = 4096) -> None:
         ppl = {}
         for quant in (None, "int8", "int4"):
             model = RWKV.load(path, quant=quant)
-            ppl[quant or "fp32"] = perplexity(lambda tokens: model.logits_all(tokens, stepwise=stepwise), held)
+            ppl[quant or "fp32"] = perplexity(functools.partial(model.logits_all, stepwise=stepwise), held)
         console.print(f"tiny trained RWKV-7 ({path.name}), perplexity on {len(held)} held-out tokens, {path_name} path: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
         for quant, limit in (("int8", 0.01), ("int4", 0.05)):

@@ -172,13 +172,18 @@ def _ptr(t: torch.Tensor) -> int:
 def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
     """The C view of a quant.Matrix (fp32, int8 or int4); the tensors it points to go to `keep`."""
     if matrix.kind == "int8":
-        keep += [matrix.q, matrix.scale]
-        return Matrix(INT8, *matrix.q.shape, 0, _ptr(matrix.q), _ptr(matrix.scale))
+        return int8_rows(matrix.q, matrix.scale, keep)
     if matrix.kind == "int4":
         keep += [matrix.packed_bytes, matrix.scale]
         rows, half = matrix.packed_bytes.shape
         return Matrix(INT4, rows, half * 2, 0, _ptr(matrix.packed_bytes), _ptr(matrix.scale))
     return dense(matrix.weight, keep)
+
+
+def int8_rows(q: torch.Tensor, scale: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
+    """The C view of int8 rows q [rows, cols] with one fp32 scale per row."""
+    keep += [q, scale]
+    return Matrix(INT8, *q.shape, 0, _ptr(q), _ptr(scale))
 
 
 def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
@@ -226,11 +231,7 @@ class Decoder:
                                         "att.output.weight", "ffn.key.weight", "ffn.value.weight")):
                 setattr(target, name, describe(source.m[key], self._keep))
         emb = model.emb
-        if emb.table is not None:
-            table = dense(emb.table.float(), self._keep)
-        else:
-            self._keep += [emb.q, emb.scale]
-            table = Matrix(INT8, *emb.q.shape, 0, _ptr(emb.q), _ptr(emb.scale))
+        table = dense(emb.table.float(), self._keep) if emb.table is not None else int8_rows(emb.q, emb.scale, self._keep)
         self.model = Model(d.layers, d.width, d.heads, d.head_size, d.ffn, d.vocab, layers, table,
                            self._vector(model.ln_out[0]), self._vector(model.ln_out[1]),
                            describe(model.head, self._keep))

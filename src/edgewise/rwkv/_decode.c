@@ -30,7 +30,7 @@
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
 #define GROUP 64
-/* Quantized kernels prefetch this far ahead in the weight stream: the hardware prefetcher
+/* The int8, int4 and bf16 kernels prefetch this far ahead in the weight stream: the hardware prefetcher
  * alone leaves int8/int4 decode short of the bandwidth (measured 7-14% faster at 4-16 KB). */
 #define PREFETCH 8192
 

@@ -72,7 +72,7 @@ def test_without_a_compiler_decode_falls_back_to_torch(checkpoints, monkeypatch,
     expected, _ = RWKV.load(checkpoints["other"], quant="int4").forward(PROMPT, use_cache=False)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))   # no cached build either
-    native.library.cache_clear()
+    native.forget()
     try:
         model = RWKV.load(checkpoints["other"], quant="int4")
         _, state = model.forward(PROMPT[:-1], use_cache=False)
@@ -80,7 +80,7 @@ def test_without_a_compiler_decode_falls_back_to_torch(checkpoints, monkeypatch,
         assert model.decoder() is None and native.kernels(native.library()) == "torch"
         assert "slower torch path" in capsys.readouterr().err
     finally:
-        native.library.cache_clear()
+        native.forget()
     assert cosine(logits, expected) > 0.999
 
 

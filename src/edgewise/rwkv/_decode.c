@@ -310,14 +310,20 @@ static void run_jobs(const job *jobs, int count) {
 
 /* -- the small element-wise parts ------------------------------------------------------- */
 
-static void layer_norm(const float *x, const float *w, const float *b, float *out, int n, float eps) {
-    float mean = 0.f, var = 0.f;
-#pragma omp simd reduction(+ : mean)
-    for (int i = 0; i < n; i++) mean += x[i];
-    mean /= n;
+/* The mean of x [n], and 1 / sqrt(variance + eps): a layer or group norm's statistics */
+static float moments(const float *x, int n, float eps, float *mean) {
+    float sum = 0.f, var = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) sum += x[i];
+    float m = sum / n;
 #pragma omp simd reduction(+ : var)
-    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
-    float inv = 1.f / sqrtf(var / n + eps);
+    for (int i = 0; i < n; i++) var += (x[i] - m) * (x[i] - m);
+    *mean = m;
+    return 1.f / sqrtf(var / n + eps);
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int n, float eps) {
+    float mean, inv = moments(x, n, eps, &mean);
 #pragma omp simd
     for (int i = 0; i < n; i++) out[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
@@ -403,13 +409,7 @@ static void time_mix_head(const ew_layer *L, int layer, int h, int N, const floa
         }
         y[i] = acc;
     }
-    float mean = 0.f, var = 0.f;
-#pragma omp simd reduction(+ : mean)
-    for (int i = 0; i < N; i++) mean += y[i];
-    mean /= N;
-#pragma omp simd reduction(+ : var)
-    for (int i = 0; i < N; i++) var += (y[i] - mean) * (y[i] - mean);
-    float inv = 1.f / sqrtf(var / N + 64e-5f);
+    float mean, inv = moments(y, N, 64e-5f, &mean);   /* the group norm of this head */
 #pragma omp simd
     for (int i = 0; i < N; i++)
         sc->y[o + i] = ((y[i] - mean) * inv * L->lnx_w[o + i] + L->lnx_b[o + i] + bonus * v[i]) * g[i];

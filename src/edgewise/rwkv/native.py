@@ -151,7 +151,9 @@ def _library() -> ctypes.CDLL | None:
         return None
 
 
-library.cache_clear = _library.cache_clear
+def forget() -> None:
+    """Build or load the kernels again on next use (after CC or the cache folder changed)."""
+    _library.cache_clear()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bf16 activations).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from edgewise.rwkv import native
@@ -49,7 +51,7 @@ class Matrix:
         return {name: self.weight}
 
 
-class _Quantized(Matrix):
+class _Quantized(Matrix, abc.ABC):
     """A few rows go through the C kernels when they are built, else through `_torch_kernel`."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +64,13 @@ class _Quantized(Matrix):
             self._native = native.describe(self, [])
         return native.matmul(lib, self._native, x)
 
+    @abc.abstractmethod
     def dequantized(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The weights as bf16 [out, in], for long prompts."""
 
+    @abc.abstractmethod
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """x [T, in] -> [T, out] float32 on torch's weight-only kernel (no C compiler)."""
 
 
 class Int8Matrix(_Quantized):

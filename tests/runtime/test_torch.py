@@ -54,3 +54,11 @@ def test_truncated_and_misfit_weights_are_named(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}")
     with pytest.raises(EdgewiseError, match="not a valid safetensors file"):
         torch_runtime.load_weights(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n",   # a text file
+                                     b"\x80\x02q\x00."])                     # a corrupt pickle
+def test_a_file_that_is_no_weights_is_named(tmp_path, content):
+    (tmp_path / "x.pth").write_bytes(content)
+    with pytest.raises(EdgewiseError, match="not a readable PyTorch weights file"):
+        torch_runtime.load_weights(tmp_path / "x.pth")

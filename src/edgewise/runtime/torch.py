@@ -73,23 +73,23 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise EdgewiseError(f"{path}: not a valid safetensors file ({exc}); re-save it") from None
+    zipped = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        if not zipped and f.read(1) != b"\x80":   # neither torch's zip format nor a pickle
+            raise EdgewiseError(f"{path}: not a readable PyTorch weights file (neither torch's zip format nor a "
+                                "pickle); check the file")
     try:
         # mmap needs the zip format of torch.save; legacy files are read whole.
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one line only
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
-        with open(path, "rb") as f:
-            is_pickle = zipfile.is_zipfile(path) or f.read(1) == b"\x80"   # torch zip, or a raw pickle
-        if not is_pickle:
-            raise EdgewiseError(f"{path}: not a readable PyTorch weights file (neither torch's zip format nor a "
-                                "pickle); check the file") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         reason = f"it references {found.group(1)}" if found else "it holds objects or code"
         raise EdgewiseError(
             f"{path}: refused to unpickle it, it holds more than weights ({reason}); "
             "save a state_dict (torch.save(model.state_dict(), path)) or a .safetensors file") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # corrupt data
         raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]}); "
                             "re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):

@@ -50,7 +50,7 @@ def _speed(console: Console, folder: Path, prompt: int, decode: int) -> None:
 
     checkpoint = random_checkpoint(folder / "rwkv7-0.1b-shape.pth", layers=12, width=768, vocab=65536,
                                    ranks=(64, 64, 32, 128))
-    files = {q: RWKV.load(checkpoint, quant=q).save(folder / f"{q}.pt") for q in ("int8", "int4")}
+    files = {q: RWKV.load(checkpoint, quant=q).save(folder / f"{q}.safetensors") for q in ("int8", "int4")}
     rows = {"reference fp32 (rwkv package)": run("reference", checkpoint, prompt, decode)}
     rows["edgewise int8"] = run("edgewise", files["int8"], prompt, decode)
     rows["edgewise int4"] = run("edgewise", files["int4"], prompt, decode)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edgewise.cli import main
+from edgewise.rwkv import native
 
 
 def run(capsys, *argv):
@@ -20,15 +21,16 @@ def test_generate_streams_reproducibly_with_a_seed(capsys, world_checkpoint):
 
 
 def test_bench_json_and_convert(tmp_path, capsys, world_checkpoint):
-    code, out, _ = run(capsys, "rwkv", "convert", world_checkpoint, "--quant", "int4", "--out", tmp_path / "m.pt")
-    assert code == 0 and (tmp_path / "m.pt").is_file()
-    code, out, _ = run(capsys, "rwkv", "bench", tmp_path / "m.pt", "--json", "--prompt-tokens", "1",
+    code, out, _ = run(capsys, "rwkv", "convert", world_checkpoint, "--quant", "int4", "--out", tmp_path / "m.safetensors")
+    assert code == 0 and (tmp_path / "m.safetensors").is_file()
+    code, out, _ = run(capsys, "rwkv", "bench", tmp_path / "m.safetensors", "--json", "--prompt-tokens", "1",
                        "--decode-tokens", "4")
     figures = json.loads(out)
     assert code == 0 and figures["quant"] == "int4" and figures["energy_method"] == "estimate"
     assert figures["decode_tokens_per_s"] > 0 and figures["prefill_tokens_per_s"] > 0 and figures["energy_j_per_token"] > 0
     assert figures["state_bytes"] == 2 * (2 + 64) * 128 * 4
-    assert figures["decode_kernels"].startswith("c-") and figures["decode_weight_gb_per_s"] > 0
+    # the C step where this machine can build it, else the torch path (no compiler): whichever it has
+    assert figures["decode_kernels"] == native.kernels(native.library()) and figures["decode_weight_gb_per_s"] > 0
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_prefix_cache_resumes_a_shared_prompt(checkpoints):
 def test_converted_file_loads_back_with_the_same_logits(tmp_path, checkpoints):
     for quant in ("int8", "int4"):
         model = RWKV.load(checkpoints["other"], quant=quant)
-        path = model.save(tmp_path / f"m-{quant}.pt")
+        path = model.save(tmp_path / f"m-{quant}.safetensors")
         loaded = RWKV.load(path)
         assert loaded.quant == quant
         assert np.array_equal(model.forward(TOKENS, use_cache=False)[0], loaded.forward(TOKENS, use_cache=False)[0])

@@ -59,15 +59,16 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a `.safetensors` file or a `.pt`/`.pth` state dict, never executing code.
+    """Tensors from a safetensors file or a `.pt`/`.pth` state dict, never executing code.
 
-    `.pt` files are read with `torch.load(weights_only=True)`: a pickle that carries code or
-    whole objects is refused with an EdgewiseError.
+    The format is read from the file's first bytes, not its name. `.pt` files are read with
+    `torch.load(weights_only=True)`: a pickle that carries code or whole objects is refused with
+    an EdgewiseError.
     """
     path = Path(path)
     if not path.is_file():
         raise EdgewiseError(f"{path}: no such file; check the path")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
         try:
             return load_file(str(path))
@@ -97,6 +98,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EdgewiseError(f"{path}: expected a dict of tensors (a state_dict); save model.state_dict()")
     return dict(state)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file opens with its header's length (8 bytes, little-endian) and a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def load_state(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:

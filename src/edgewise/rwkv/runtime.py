@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path
@@ -135,8 +136,8 @@ class RWKV:
                    from_tensors(tensors, "head.weight"), stored)
 
     def save(self, path: str | Path) -> Path:
-        """Write this model, quantized as loaded, as a flat dict of tensors (torch's zip format) that
-        `load` memory-maps back: weights are used in place, not copied."""
+        """Write this model, quantized as loaded, as safetensors (the format states use too):
+        plain tensors, nothing a loader could execute."""
         d = self.dims
         header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant],
                   FORMAT_VERSION]
@@ -147,7 +148,9 @@ class RWKV:
             for name, matrix in layer.m.items():
                 tensors.update(matrix.tensors(f"blocks.{i}.{name}"))
         with atomic_path(path) as tmp:
-            torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
+            # clone: views of one buffer (embedding parts, packed matrices) are stored apart
+            save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                      metadata={"format": CONVERTED_FORMAT})
         return Path(path)
 
     @property

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgewise-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgewise optimize
 
-test: $(STAMP)
+# What the tests drive outside Python: Debian's chromium (the report, screenshotted headless) and
+# qemu-user (ONNX Runtime's int8 kernels on an emulated CPU without VNNI). Installed when missing
+# and apt-get can run; elsewhere those tests skip and say why.
+test-deps:
+	@if ! command -v chromium >/dev/null || ! command -v qemu-x86_64 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium qemu-user >/dev/null; \
+	  else echo "chromium or qemu-user missing (apt-get install chromium qemu-user): their tests will skip" >&2; fi; \
+	fi
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -60,7 +60,7 @@ def main() -> None:
                 runners = [torch_runner(task.model, inputs, torch.float32),
                            torch_runner(task.model, inputs, torch.bfloat16),
                            lambda sess=sess, feed=feed: sess.run(None, feed)]
-                p50 = [t.percentiles_ms()["p50"] for t in interleaved(runners, seconds=options.seconds)]
+                p50 = [t.percentiles_ms().p50 for t in interleaved(runners, seconds=options.seconds)]
                 table.add_row(name, str(batch), *(f"{v:.3f}" for v in p50),
                               f"{p50[0] / p50[2]:.2f}x", f"{p50[1] / p50[2]:.2f}x")
             Console().print(f"{name}: ORT vs torch max abs error {error:.2e}")

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -73,8 +75,8 @@ class TinyEncoder(nn.Module):
         return self.out(x).mean(dim=1)
 
 
-@pytest.fixture
-def image_task() -> Task:
+@pytest.fixture(scope="session")
+def _trained_resnet() -> tuple[nn.Module, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((160, 1, 8, 8)).astype(np.float32)
     y = (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(np.int64)
@@ -82,7 +84,15 @@ def image_task() -> Task:
     model = TinyResNet(classes=2)
     from edgewise.train import fit
     fit(model, (x[:120], y[:120]), epochs=8, lr=3e-3, show_progress=False)
-    return Task(model, train=(x[:120], y[:120]), calibration=(x[:64],), eval=(x[120:], y[120:]), name="resnet")
+    return model.eval(), x, y
+
+
+@pytest.fixture
+def image_task(_trained_resnet) -> Task:
+    """Trained once per session; each test gets its own copy of the model to change."""
+    model, x, y = _trained_resnet
+    return Task(copy.deepcopy(model), train=(x[:120], y[:120]), calibration=(x[:64],), eval=(x[120:], y[120:]),
+                name="resnet")
 
 
 @pytest.fixture

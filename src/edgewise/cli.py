@@ -88,8 +88,8 @@ def compress(
 
     Example: edgewise compress --example digits --recipe "prune(0.5)+int8" --out digits-small
     """
-    from edgewise.compress.recipe import compress as run_compress
-    from edgewise.compress.recipe import parse_recipe, write_artifacts
+    from edgewise.compression.recipe import compress as run_compress
+    from edgewise.compression.recipe import parse_recipe, write_artifacts
     from edgewise.load import load_task
     from edgewise.measure.bench import BenchSettings
     from edgewise.measure.table import print_figures
@@ -110,8 +110,11 @@ def compress(
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
         return
-    rows = [c.figures for c in [result.baseline, *result.steps]]
-    print_figures(rows, settings, f"edgewise compress {chosen.name}: {recipe}")
+    candidates = [result.baseline, *result.steps]
+    print_figures([c.figures for c in candidates], settings, f"edgewise compress {chosen.name}: {recipe}")
+    print(f"{chosen.metric.name} on held-out data (on the validation data choices were made on):")
+    for candidate in candidates:
+        print(f"  {candidate.name}: {candidate.figures.metric.value:.4f} ({candidate.validation_metric:.4f})")
     for candidate in result.steps:
         if candidate.details.get("message"):
             print(f"{candidate.name}: {candidate.details['message']}")
@@ -159,9 +162,9 @@ def optimize(
     from edgewise.load import load_task
     from edgewise.measure.bench import BenchSettings
     from edgewise.measure.table import print_figures
-    from edgewise.optimize.run import optimize as run_optimize
-    from edgewise.optimize.run import write_outputs
-    from edgewise.optimize.search import Constraints, SearchSettings
+    from edgewise.optimization.run import optimize as run_optimize
+    from edgewise.optimization.report import write_outputs
+    from edgewise.optimization.search import Constraints, SearchSettings
 
     constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms)
     settings = SearchSettings(objective=objective, trials=trials, time_budget_min=time_budget_min, study=study,
@@ -173,10 +176,12 @@ def optimize(
         write_outputs(result, out)
     rows = [c.figures for c in result.finalists]
     print_figures(rows, BenchSettings(), f"edgewise optimize {chosen_task.name}: baseline, peer, chosen")
-    print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f}, "
-          f"{'within' if result.met else 'NOT within'} constraints) from {len(result.trials)} trials")
-    if result.message:
-        print(result.message)
+    print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f} on validation, "
+          f"{result.held_out_drop:.3f} held out; {'within' if result.met else 'NOT within'} constraints) "
+          f"from {len(result.trials)} trials")
+    for line in (result.disagreement, result.message):
+        if line:
+            print(line)
     print(f"wrote {out}/model.onnx, card.json, candidates.json, report.html, report.md")
     if result.interrupted:
         raise typer.Exit(130)

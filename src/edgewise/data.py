@@ -129,3 +129,27 @@ def first_inputs(split: Any, count: int, where: str = "split") -> Inputs:
         index = np.arange(count) % have
         joined = take(joined, index)
     return joined
+
+
+class _EveryOther:
+    """Every other batch of a split, re-iterable (for splits given as iterables of batches)."""
+
+    def __init__(self, split: Any, parity: int) -> None:
+        self.split, self.parity = split, parity
+
+    def __iter__(self) -> Iterator[Batch]:
+        for index, batch in enumerate(iter_batches(self.split, where="eval")):
+            if index % 2 == self.parity:
+                yield batch
+
+
+def alternate(split: Any, parity: int) -> Any:
+    """The samples at even (parity 0) or odd (parity 1) positions of an array split; of a split
+    given as batches, the even or odd batches. Two disjoint halves drawn alike from one split."""
+    if is_array_split(split):
+        inputs, labels = _split_batch(split, "eval")
+        index = np.arange(parity, num_samples(inputs), 2)
+        if len(index) == 0:
+            raise EdgewiseError("eval has one sample: give at least two, or a validation split")
+        return (take(inputs, index), labels[index]) if labels is not None else (take(inputs, index),)
+    return _EveryOther(split, parity)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgewise.data import Inputs, concat, first_inputs, iter_batches
+from edgewise.data import Inputs, alternate, concat, first_inputs, iter_batches
 from edgewise.errors import EdgewiseError
 from edgewise.measure.quality import Metric, resolve_metric
 
@@ -25,15 +26,27 @@ class Task:
         model: a `torch.nn.Module`, or the path of an ONNX file.
         train: split for fine-tuning and distillation: `(X, y)`, `(X,)` or an iterable of batches.
         calibration: split for quantization calibration (defaults to `train`).
-        eval: split on which the metric is measured.
+        eval: split on which the metric is stated: held out from every decision (training,
+            early stopping, the search), so its figure is honest.
         metric: "accuracy", "f1", "cosine" (fidelity to the original model's outputs, for
             models without labels), or a callable `fn(outputs, labels) -> float`; higher is better.
         example_input: inputs used for export and latency; defaults to one sample of `eval`.
         name: a short name for reports.
         transformer: ORT fusion hints for BERT-like models (see `runtime.onnx.export`).
+        validation: split on which compression and search make their choices (early stopping,
+            the accuracy guard, the search's metric). Without it, every other sample of `eval`
+            is used for choosing and the rest for the stated figure (see `holdout`).
 
     Example:
-        >>> task = Task(model, train=(X_train, y_train), eval=(X_test, y_test), metric="accuracy")
+        >>> import numpy as np, torch
+        >>> X = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+        >>> y = (X[:, 0] > 0).astype(np.int64)
+        >>> model = torch.nn.Linear(4, 2)
+        >>> task = Task(model, train=(X[:200], y[:200]), validation=(X[200:250], y[200:250]),
+        ...             eval=(X[250:], y[250:]), metric="accuracy")
+        >>> choosing, stating = task.holdout()   # decisions on validation, figures on eval
+        >>> len(choosing.eval[0]), len(stating.eval[0])
+        (50, 50)
     """
 
     model: torch.nn.Module | str | Path
@@ -44,6 +57,7 @@ class Task:
     example_input: Inputs | None = None
     name: str = "task"
     transformer: dict | None = None
+    validation: Any = None
     _reference: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +73,17 @@ class Task:
                                 f"not {type(self.model).__name__}")
         if self.calibration is None:
             self.calibration = self.train
+
+    def holdout(self) -> tuple[Task, Task]:
+        """(choosing, stating): the task whose eval is the validation split, for every decision,
+        and the task whose eval no decision saw, for the figures a report states."""
+        if self.validation is not None:
+            return self.with_eval(self.validation), self
+        return self.with_eval(alternate(self.eval, 0)), self.with_eval(alternate(self.eval, 1))
+
+    def with_eval(self, split: Any) -> Task:
+        """The same task judged on another split (the original model's outputs are recomputed)."""
+        return dataclasses.replace(self, eval=split, validation=None, _reference={})
 
     @property
     def is_onnx(self) -> bool:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edgewise.compress import distill
+from edgewise.compression import distill
 from edgewise.errors import EdgewiseError
 from edgewise.runtime.torch import predict
 from edgewise.train import fit

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edgewise.compress import prune
+from edgewise.compression import prune
 from edgewise.errors import EdgewiseError
 from edgewise.runtime import onnx as onnx_runtime
 from edgewise.runtime.torch import count_params, predict

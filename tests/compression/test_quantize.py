@@ -1,9 +1,14 @@
+import platform
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
 
-from edgewise.compress import quantize
-from edgewise.compress.sensitivity import score_onnx
+from edgewise.compression import quantize
+from edgewise.compression.sensitivity import score_onnx
 from edgewise.errors import EdgewiseError
 from edgewise.runtime import onnx as onnx_runtime
 
@@ -20,6 +25,37 @@ def test_int8_static_per_channel_keeps_accuracy(tmp_path, image_task):
         assert "QuantizeLinear" in ops(dst)
         assert score_onnx(image_task, dst) >= baseline - 0.05
     assert onnx_runtime.size_bytes(dst) < onnx_runtime.size_bytes(src) / 2.5
+
+
+_EVALUATE = """
+import sys, numpy as np, onnxruntime as ort
+data = np.load(sys.argv[2])
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(float((sess.run(None, {sess.get_inputs()[0].name: data["x"]})[0].argmax(1) == data["y"]).mean()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU")
+def test_int8_static_keeps_accuracy_on_a_cpu_without_vnni(tmp_path, image_task):
+    """Under qemu as a Haswell (AVX2 + FMA, no AVX-512, no VNNI), ONNX Runtime takes its AVX2
+    integer kernels, whatever CPU runs the tests."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 is missing: apt-get install qemu-user (make test installs it)")
+    src, _ = onnx_runtime.export_task(image_task, tmp_path / "fp32.onnx")
+    dst = quantize.int8_static(src, tmp_path / "int8.onnx", image_task.calibration)
+    x, y = image_task.eval
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+    script = tmp_path / "evaluate.py"
+    script.write_text(_EVALUATE)
+    accuracy = {}
+    for path in (src, dst):
+        done = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(script), str(path), str(tmp_path / "eval.npz")],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        accuracy[path] = float(done.stdout.split()[-1])
+    assert accuracy[src] == score_onnx(image_task, src)      # the emulated CPU computes float alike
+    assert accuracy[dst] >= accuracy[src] - 0.05, accuracy   # U8S8 lost 15 points here: VPMADDUBSW saturates
 
 
 def test_per_channel_scales_are_per_output_channel(tmp_path, image_task):

@@ -3,8 +3,9 @@ import json
 import onnx
 import pytest
 
-from edgewise.compress.recipe import compress, parse_recipe, write_artifacts
-from edgewise.compress.steps import Bf16, Distill, Int8, Int8Dynamic, Prune, ort_has_bf16_matmul
+from edgewise.compression.recipe import compress, parse_recipe, write_artifacts
+from edgewise.compression.sensitivity import score_onnx
+from edgewise.compression.steps import Bf16, Distill, Int8, Int8Dynamic, Prune, ort_has_bf16_matmul
 from edgewise.errors import EdgewiseError
 
 
@@ -19,14 +20,21 @@ def test_grammar_builds_typed_steps():
     ("quantize", "unknown recipe step 'quantize': use one of distill, prune, int8, int8-dynamic, int4"),
     ("prune(0.5,ratio=2)", "prune: unknown option 'ratio'; valid options: amount, kind, importance"),
     ("prune(half)", "prune: amount='half' is not a float"),
-    ("prune(0.5,kind=diagonal)", "prune kind 'diagonal'"),
+    ("prune(0.5,kind=diagonal)", "prune: kind='diagonal' is not valid; kind must be structured, unstructured"),
     ("int8+prune(0.5)", "recipe order must be distill -> prune -> quantize"),
     ("int8+int4", "at most one quantization step"),
-    ("int8(method=kl)", "int8 method 'kl'"),
+    ("int8(method=kl)", "int8: method='kl' is not valid; method must be minmax, percentile, entropy"),
+    # checked when the recipe is read, before distill or prune trains anything
+    ("distill(epochs=0)+int8", "distill: epochs=0 is not valid; epochs must be a whole number >= 1"),
+    ("distill+prune(0.3)+int8(max_drop=abc)", "int8: max_drop='abc' is not valid"),
+    ("distill(lr=nan)", "distill: lr=nan is not valid"),
+    ("distill(depth=1.5)", "depth must be a fraction of the layers"),
+    ("int4(group=48)", "int4: group=48 is not valid; group must be a power of two >= 16"),
+    ("int8(samples=0)", "int8: samples=0 is not valid"),
     ("", "empty recipe"),
 ])
 def test_bad_recipes_list_what_is_valid(recipe, message):
-    from edgewise.compress.recipe import check_order
+    from edgewise.compression.recipe import check_order
     with pytest.raises(EdgewiseError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_order(parse_recipe(recipe))
 
@@ -36,14 +44,19 @@ def test_compress_measures_every_step_and_writes_artifacts(tmp_path, image_task)
     baseline, pruned, final = result.baseline, *result.steps
     assert [c.name for c in (baseline, pruned, final)] == ["baseline", "prune(amount=0.5,kind=structured,finetune_epochs=1)",
                                                          "prune(amount=0.5,kind=structured,finetune_epochs=1)+int8"]
-    assert pruned.figures["params"] < 0.6 * baseline.figures["params"]
-    assert final.figures["size_bytes"] < pruned.figures["size_bytes"] / 1.5  # int8 weights, plus QDQ scales
-    assert pruned.figures["export_max_abs_error"] < 1e-4
+    assert pruned.figures.params < 0.6 * baseline.figures.params
+    assert final.figures.size_bytes < pruned.figures.size_bytes / 1.5  # int8 weights, plus QDQ scales
+    assert pruned.figures.export_max_abs_error < 1e-4
     for candidate in (baseline, pruned, final):
-        assert candidate.figures["metric"]["name"] == "accuracy" and candidate.figures["latency_ms"]["p50"] > 0
+        assert candidate.figures.metric.name == "accuracy" and candidate.figures.latency_ms.p50 > 0
+        # stated on held-out samples, chosen on the others (the task has no validation split)
+        choosing, stating = image_task.holdout()
+        assert candidate.figures.metric.value == pytest.approx(score_onnx(stating, candidate.onnx()))
+        assert candidate.validation_metric == pytest.approx(score_onnx(choosing, candidate.onnx()))
     out = write_artifacts(result, tmp_path / "out")
     card = json.loads((out / "card.json").read_text())
-    assert card["recipe"] == final.name and card["final"]["params"] == final.figures["params"]
+    assert card["recipe"] == final.name and card["final"]["params"] == final.figures.params
+    assert card["final"]["validation_metric"] == final.validation_metric
     assert {"baseline", "steps", "machine"} <= set(card)
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
 
@@ -53,7 +66,7 @@ def test_unstructured_prune_is_reported_as_size_only(tmp_path, image_task):
     baseline, sparse = result.baseline, result.final
     assert sparse.details["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert "no faster" in sparse.details["note"]
-    assert sparse.figures["compressed_size_bytes"] < 0.5 * baseline.figures["compressed_size_bytes"]
+    assert sparse.figures.compressed_size_bytes < 0.5 * baseline.figures.compressed_size_bytes
 
 
 def test_guarded_int8_reports_tolerance(tmp_path, image_task):

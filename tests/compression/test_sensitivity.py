@@ -3,8 +3,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgewise.compress.sensitivity import Tolerance, guarded, layer_sensitivity, score_onnx
-from edgewise.compress.quantize import weight_nodes
+from edgewise.compression.sensitivity import Tolerance, guarded, layer_sensitivity, score_onnx
+from edgewise.compression.quantize import weight_nodes
 from edgewise.errors import EdgewiseError
 from edgewise.measure.quality import BUILTIN_METRICS
 from edgewise.runtime import onnx as onnx_runtime

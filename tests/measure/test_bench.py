@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 from edgewise.measure.bench import BenchSettings, BenchTarget, bench, synthetic_inputs
+from edgewise.measure.energy import rapl_meter
 from edgewise.measure.memory import peak_rss_mb
 from edgewise.runtime import onnx as onnx_runtime
 
@@ -9,23 +11,24 @@ from edgewise.runtime import onnx as onnx_runtime
 @pytest.fixture
 def two_models(tmp_path, tiny_task):
     small = onnx_runtime.export(tiny_task.model, tiny_task.sample_input(2), tmp_path / "small.onnx")
-    torch_big = __import__("torch").nn.Sequential(
-        __import__("torch").nn.Linear(6, 512), __import__("torch").nn.ReLU(), __import__("torch").nn.Linear(512, 3))
+    torch_big = torch.nn.Sequential(torch.nn.Linear(6, 512), torch.nn.ReLU(), torch.nn.Linear(512, 3))
     big = onnx_runtime.export(torch_big.eval(), tiny_task.sample_input(2), tmp_path / "big.onnx")
     return [BenchTarget("small", small, tiny_task), BenchTarget("big", big, None)]
 
 
-def test_bench_reports_every_figure_per_model_and_batch(two_models):
+def test_bench_reports_every_figure_per_model_and_batch(two_models, tiny_task):
     results = bench(two_models, BenchSettings(batch_sizes=(1, 4), seconds=0.2, warmup=2, threads=1))
     assert [(r.model, r.batch) for r in results] == [("small", 1), ("big", 1), ("small", 4), ("big", 4)]
     for r in results:
-        assert 0 < r.latency_ms["p50"] <= r.latency_ms["p90"] <= r.latency_ms["p99"]
+        assert 0 < r.latency_ms.p50 <= r.latency_ms.p90 <= r.latency_ms.p99
         assert r.throughput_per_s > 0 and r.size_bytes > 0 and r.params > 0
-        assert r.energy_method == "estimate" and r.energy_j > 0  # no RAPL on this machine
+        assert r.energy_method == ("rapl" if rapl_meter() else "estimate") and r.energy_j > 0
         assert r.cost_usd_per_million > 0 and r.co2e_g_per_million > 0
         assert r.peak_rss_mb > r.runtime_rss_mb > 0
     small, big = results[0], results[1]
-    assert small.metric["name"] == "accuracy" and 0 <= small.metric["value"] <= 1
+    x, y = tiny_task.eval
+    expected = float((tiny_task.model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    assert small.metric.name == "accuracy" and small.metric.value == pytest.approx(expected)
     assert big.metric is None  # no task: nothing to judge it by
     assert big.params > 10 * small.params
 

@@ -22,5 +22,5 @@ def test_meter_energy_is_attributed_to_the_runner_that_ran():
 def test_percentiles_in_milliseconds():
     timing = Timing(latencies_s=np.arange(1, 101) / 1000.0, cpu_s=0.5)
     p = timing.percentiles_ms()
-    assert p["p50"] == np.percentile(np.arange(1, 101), 50) and p["p99"] > p["p90"] > p["p50"]
+    assert p.p50 == np.percentile(np.arange(1, 101), 50) and p.p99 > p.p90 > p.p50
     assert timing.cpu_s_per_call == 0.005

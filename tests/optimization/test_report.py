@@ -4,8 +4,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgewise.optimize.run import optimize, write_outputs
-from edgewise.optimize.search import Constraints, SearchSettings
+from edgewise.optimization.report import write_outputs
+from edgewise.optimization.run import optimize
+from edgewise.optimization.search import Constraints, SearchSettings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

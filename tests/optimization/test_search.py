@@ -2,16 +2,33 @@ import json
 
 import pytest
 
+from edgewise.compression.sensitivity import score_onnx
+from edgewise.data import iter_batches
 from edgewise.errors import EdgewiseError
-from edgewise.optimize.run import choose, optimize, pareto, write_outputs
-from edgewise.optimize.search import Constraints, SearchSettings, TrialRecord
-from edgewise.optimize.space import space_for
+from edgewise.measure.bench import BenchResult
+from edgewise.measure.latency import Percentiles
+from edgewise.measure.quality import MetricValue
+from edgewise.optimization.report import write_outputs
+from edgewise.optimization.run import choose, optimize, pareto
+from edgewise.optimization.search import Constraints, SearchSettings, TrialRecord
+from edgewise.optimization.space import space_for
+
+
+def figures(metric, p50, size):
+    return BenchResult(model="m", batch=1, latency_ms=Percentiles(p50, p50, p50), throughput_per_s=1000 / p50,
+                       peak_rss_mb=None, runtime_rss_mb=None, size_bytes=size, params=size // 4,
+                       metric=MetricValue("accuracy", metric), energy_j=p50 / 1000, energy_method="estimate",
+                       cost_usd_per_million=1.0, cost_method="cpu-time", co2e_g_per_million=1.0,
+                       cpu_ms_per_inference=p50)
 
 
 def record(number, metric, p50, size, drop, violations):
-    figures = {"metric": {"name": "accuracy", "value": metric}, "latency_ms": {"p50": p50}, "size_bytes": size,
-               "energy_j": p50 / 1000}
-    return TrialRecord(number, {}, f"r{number}", figures, drop, violations)
+    return TrialRecord(number, {}, f"r{number}", figures(metric, p50, size), drop, violations)
+
+
+def test_a_trial_record_round_trips_through_json():
+    trial = record(3, 0.97, 0.5, 64, 0.2, {"max_drop": -0.8})
+    assert TrialRecord.from_json(json.loads(json.dumps(trial.to_json()))) == trial
 
 
 def test_choose_best_feasible_on_the_objective():
@@ -67,10 +84,54 @@ def test_optimize_writes_valid_artifacts(tmp_path, image_task, fast_settings):
     card = json.loads((out / "card.json").read_text())
     assert card["recipe"] == result.chosen.recipe and card["constraints"]["max_drop"] == 5.0
     assert card["chosen"]["size_bytes"] == (out / "model.onnx").stat().st_size
+    assert card["held_out"]["metric"] == card["chosen"]["metric"]["value"] and card["warning"] == ""
     assert len(json.loads((out / "candidates.json").read_text())) == len(result.trials)
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 2 and "ort-quantize_dynamic-default" in page and "<script" not in page
     assert "Per-layer sensitivity" in page and "energy" in (out / "report.md").read_text().lower()
+
+
+class _Guarded:
+    """A split that records whether it was read before `allowed` was set."""
+
+    def __init__(self, split):
+        self.split, self.allowed, self.read_early = split, False, False
+
+    def __iter__(self):
+        self.read_early |= not self.allowed
+        return iter_batches(self.split, 64)
+
+
+def test_no_trial_touches_the_held_out_split(tmp_path, image_task, fast_settings, monkeypatch):
+    from edgewise.optimization import run
+    x, y = image_task.eval
+    held_out = _Guarded((x, y))
+    task = image_task.with_eval(held_out)
+    task.validation = (x[::-1].copy(), y[::-1].copy())
+    measure = run.measure_candidates
+
+    def finalists_only(*args, **kwargs):
+        held_out.allowed = True
+        return measure(*args, **kwargs)
+    monkeypatch.setattr(run, "measure_candidates", finalists_only)
+    result = optimize(task, Constraints(max_drop=5.0), fast_settings, final_seconds=0.2, workdir=tmp_path / "work")
+    assert held_out.allowed and not held_out.read_early
+    chosen = result.chosen_candidate
+    assert chosen.validation_metric == pytest.approx(result.chosen.metric)   # what the search saw ...
+    assert chosen.figures.metric.value == pytest.approx(score_onnx(image_task, chosen.onnx()))  # ... what is stated
+
+
+def test_validation_and_held_out_disagreeing_is_a_warning(tmp_path, image_task, fast_settings):
+    result = optimize(image_task, Constraints(max_drop=5.0), fast_settings, final_seconds=0.2, workdir=tmp_path / "work")
+    assert result.disagreement == ""
+    result.chosen.drop = result.held_out_drop + 5.5   # as if validation had flattered the chosen model
+    assert "validation and held-out disagree" in result.disagreement
+    out = write_outputs(result, tmp_path / "out")
+    card = json.loads((out / "card.json").read_text())
+    assert card["warning"] == result.disagreement and card["held_out"]["drop"] == result.held_out_drop
+    assert card["validation"]["drop"] == result.chosen.drop
+    page = (out / "report.html").read_text()
+    assert "Warning:" in page and "metric, validation" in page and "metric, held-out" in page
 
 
 def test_study_resumes_where_it_stopped(tmp_path, image_task, fast_settings):

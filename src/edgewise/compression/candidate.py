@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from edgewise.measure.bench import BenchResult
 from edgewise.runtime import onnx as onnx_runtime
 from edgewise.task import Task
 
@@ -20,7 +21,7 @@ class Candidate:
     """One model along a recipe.
 
     Torch steps (distill, prune) change `model`; quantization works on the ONNX form and leaves
-    `model` as None. `figures` holds part 1's bench figures at batch 1 once measured; `details`
+    `model` as None. `figures` holds its bench figures at batch 1 once measured; `details`
     holds what a step wants reported (sensitivity, layers kept in float, sparsity ...).
     """
 
@@ -29,9 +30,10 @@ class Candidate:
     recipe: tuple[str, ...] = ()
     model: torch.nn.Module | None = None
     onnx_path: Path | None = None
-    figures: dict | None = None
+    figures: BenchResult | None = None
     details: dict = field(default_factory=dict)
     baseline_metric: float | None = None  # the original model's metric: what tolerances are against
+    validation_metric: float | None = None  # the metric on the split choices were made on, when stated apart
 
     @classmethod
     def from_task(cls, task: Task, workdir: Path) -> Candidate:
@@ -58,5 +60,5 @@ class Candidate:
     def then(self, step: str, **changes) -> Candidate:
         """The candidate after `step`: a copy with the step's changes, figures to be measured."""
         details = changes.pop("details", {})
-        return dataclasses.replace(self, recipe=self.recipe + (step,), figures=None,
+        return dataclasses.replace(self, recipe=self.recipe + (step,), figures=None, validation_metric=None,
                                    details={**details}, **changes)

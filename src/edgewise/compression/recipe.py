@@ -14,9 +14,9 @@ import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edgewise.compress.candidate import Candidate
-from edgewise.compress.sensitivity import score_onnx
-from edgewise.compress.steps import STAGES, STEPS, Step
+from edgewise.compression.candidate import Candidate
+from edgewise.compression.sensitivity import score_onnx
+from edgewise.compression.steps import STAGES, STEPS, Step
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path, write_json
 from edgewise.measure.bench import BenchSettings, BenchTarget, bench
@@ -110,7 +110,8 @@ class CompressResult:
         return self.steps[-1] if self.steps else self.baseline
 
     def to_json(self) -> dict:
-        entry = lambda c: {"recipe": c.name, **(c.figures or {}), "details": c.details}  # noqa: E731
+        entry = lambda c: {"recipe": c.name, **(c.figures.to_json() if c.figures else {}),  # noqa: E731
+                           "validation_metric": c.validation_metric, "details": c.details}
         return {"baseline": entry(self.baseline), "steps": [entry(c) for c in self.steps],
                 "final": entry(self.final)}
 
@@ -119,36 +120,50 @@ def compress(task: Task, steps: list[Step] | str, *, workdir: str | Path | None 
              settings: BenchSettings | None = None) -> CompressResult:
     """Apply `steps` in order to the task's model and measure every candidate on ONNX Runtime.
 
+    Every choice along the way (early stopping, the accuracy guard) is made on the task's
+    validation split; the stated metric is measured on its held-out eval split (see `Task.holdout`).
+
     Returns:
-        The baseline and one Candidate per step, each with part 1's figures at batch 1 (metric,
-        latency, size, params, energy ...), measured interleaved in one run.
+        The baseline and one Candidate per step, each with its bench figures at batch 1 (held-out
+        metric, latency, size, params, energy ...), measured interleaved in one run, and its
+        validation metric in `details`.
     """
     steps = parse_recipe(steps) if isinstance(steps, str) else list(steps)
     check_order(steps)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgewise-compress-"))
-    baseline = Candidate.from_task(task, workdir)
-    baseline.baseline_metric = score_onnx(task, baseline.onnx())
+    choosing, stating = task.holdout()
+    baseline = Candidate.from_task(choosing, workdir)
+    baseline.baseline_metric = score_onnx(choosing, baseline.onnx())
     candidates, current = [], baseline
     for step in steps:
         current = step.apply(current)
         candidates.append(current)
     result = CompressResult(baseline, candidates)
     if measure:
-        measure_candidates([baseline, *candidates], settings)
+        measure_candidates([baseline, *candidates], settings, judge=stating)
     return result
 
 
-def measure_candidates(candidates: list[Candidate], settings: BenchSettings | None = None) -> None:
-    """Bench every candidate at batch 1 (interleaved) and store the figures on it."""
+def measure_candidates(candidates: list[Candidate], settings: BenchSettings | None = None,
+                       judge: Task | None = None) -> None:
+    """Bench every candidate at batch 1 (interleaved) and store the figures on it.
+
+    Args:
+        judge: the task whose metric is stated (its held-out split); each candidate's own by
+            default. When given, the metric on each candidate's own task (the validation split it
+            was chosen on) is stored as `validation_metric`.
+    """
     settings = settings or BenchSettings(batch_sizes=(1,))
-    targets = [BenchTarget(c.name, c.onnx(), c.task) for c in candidates]
+    targets = [BenchTarget(c.name, c.onnx(), judge or c.task) for c in candidates]
     for candidate, figures in zip(candidates, bench(targets, settings)):
-        candidate.figures = figures.to_json()
-        candidate.figures["compressed_size_bytes"] = compressed_size(candidate.onnx())
+        figures.compressed_size_bytes = compressed_size(candidate.onnx())
         if candidate.model is not None:
             inputs = candidate.task.sample_input(4)
             sess = onnx_runtime.session(candidate.onnx())
-            candidate.figures["export_max_abs_error"] = onnx_runtime.max_abs_error(candidate.model, sess, inputs)
+            figures.export_max_abs_error = onnx_runtime.max_abs_error(candidate.model, sess, inputs)
+        if judge is not None and judge is not candidate.task:
+            candidate.validation_metric = score_onnx(candidate.task, candidate.onnx())
+        candidate.figures = figures
 
 
 def compressed_size(path: Path) -> int:

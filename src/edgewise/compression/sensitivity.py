@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgewise.compress.quantize import weight_nodes
+from edgewise.compression.quantize import weight_nodes
 from edgewise.errors import EdgewiseError
 from edgewise.measure.quality import Metric
 from edgewise.progress import progress_bar

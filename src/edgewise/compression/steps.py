@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 import onnxruntime as ort
 
-from edgewise.compress import distill, prune, quantize
-from edgewise.compress.candidate import Candidate
-from edgewise.compress.sensitivity import Tolerance, guarded, score_onnx
+from edgewise.compression import distill, prune, quantize
+from edgewise.compression.candidate import Candidate
+from edgewise.compression.sensitivity import Tolerance, guarded, score_onnx
 from edgewise.data import is_array_split
 from edgewise.errors import EdgewiseError
 from edgewise.runtime import torch as torch_runtime
@@ -31,11 +32,25 @@ class Step:
     def label(self) -> str:
         """The step as it reads in a recipe string, with its key options and those changed."""
         changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.init and f.repr
+                   and getattr(self, f.name) is not None
                    and (getattr(self, f.name) != f.default or f.name in self.key_options)]
         return f"{self.name}({','.join(changed)})" if changed else self.name
 
     def apply(self, candidate: Candidate) -> Candidate:
         raise TypeError(f"{type(self).__name__} does not define apply")
+
+    def _require(self, option: str, ok: bool, expected: str) -> None:
+        """Options are checked when a step is made (a recipe parsed), before any model trains."""
+        if not ok:
+            raise EdgewiseError(f"{self.name}: {option}={getattr(self, option)!r} is not valid; {option} must be {expected}")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _fraction(value: float | None) -> bool:
+    return value is None or (math.isfinite(value) and 0 < value < 1)
 
 
 def _labels_in(split: Any) -> bool:
@@ -66,6 +81,10 @@ class Distill(Step):
         width: fraction of parameters then removed by structured pruning of the student.
         student: a ready student model instead of deriving one.
         match: "auto" (KD with labels, cosine without), "kd", "cosine" or "mse".
+        train_embeddings: also train the embedding tables (frozen by default: see
+            `distill.frozen_embeddings`).
+        max_steps: training ends after this many batches if `epochs` has not ended it: on a
+            large training split (MiniLM's 34,000 texts) a few passes, on a small one all epochs.
     """
 
     name: ClassVar[str] = "distill"
@@ -80,7 +99,21 @@ class Distill(Step):
     alpha: float = 0.5
     match: str = "auto"
     patience: int = 2
+    max_steps: int = 3000
+    train_embeddings: bool = False
     student: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._require("depth", _fraction(self.depth), "a fraction of the layers, between 0 and 1")
+        self._require("width", _fraction(self.width), "a fraction of the parameters, between 0 and 1")
+        self._require("epochs", self.epochs >= 1, "a whole number >= 1")
+        self._require("lr", _positive(self.lr), "a positive number, e.g. 3e-4")
+        self._require("batch_size", self.batch_size >= 1, "a whole number >= 1")
+        self._require("temperature", _positive(self.temperature), "a positive number, e.g. 2")
+        self._require("alpha", 0 <= self.alpha <= 1, "between 0 and 1 (the weight of the hard labels)")
+        self._require("match", self.match in ("auto", "kd", "cosine", "mse"), "auto, kd, cosine or mse")
+        self._require("patience", self.patience >= 1, "a whole number of epochs >= 1")
+        self._require("max_steps", self.max_steps >= 1, "a whole number >= 1")
 
     def apply(self, candidate: Candidate) -> Candidate:
         teacher, task = _torch_model(candidate, "distill"), candidate.task
@@ -97,9 +130,12 @@ class Distill(Step):
             train, loss = cached, distill.matching_loss(match)
         else:
             train, loss = task.train, distill.distill_loss(teacher, labelled, match, self.temperature, self.alpha)
-        result = fit(student, train, loss_fn=loss, epochs=self.epochs, lr=self.lr,
-                     batch_size=self.batch_size, patience=self.patience, description=f"distilling ({self.label()})",
+        frozen = [] if self.train_embeddings else distill.frozen_embeddings(student)
+        result = fit(student, train, loss_fn=loss, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                     patience=self.patience, max_steps=self.max_steps, description=f"distilling ({self.label()})",
                      score_fn=lambda m: task.evaluate(lambda x: torch_runtime.predict(m, x)))
+        for parameter in frozen:
+            parameter.requires_grad_(True)
         return candidate.then(self.label(), model=student, onnx_path=None, details={
             "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
             "params_teacher": torch_runtime.count_params(teacher), "params_student": torch_runtime.count_params(student)})
@@ -127,10 +163,13 @@ class Prune(Step):
     lr: float = 5e-4
 
     def __post_init__(self) -> None:
-        if self.kind not in ("structured", "unstructured", "layer", "2:4"):
-            raise EdgewiseError(f"prune kind {self.kind!r}: use structured, unstructured, layer or 2:4")
-        if self.kind != "2:4" and not 0 < self.amount < 1:
-            raise EdgewiseError(f"prune amount must be between 0 and 1, got {self.amount}")
+        self._require("kind", self.kind in ("structured", "unstructured", "layer", "2:4"),
+                      "structured, unstructured, layer or 2:4")
+        self._require("amount", self.kind == "2:4" or _fraction(self.amount), "a fraction between 0 and 1")
+        self._require("importance", self.importance in ("magnitude", "taylor"), "magnitude or taylor")
+        self._require("steps", self.steps >= 1, "a whole number >= 1")
+        self._require("finetune_epochs", self.finetune_epochs >= 0, "a whole number >= 0")
+        self._require("lr", _positive(self.lr), "a positive number, e.g. 5e-4")
 
     def apply(self, candidate: Candidate) -> Candidate:
         model, task = _torch_model(candidate, "prune"), candidate.task
@@ -173,6 +212,13 @@ class _Quantize(Step):
     stage: ClassVar[str] = "quantize"
     max_drop: str | None = None   # "0.5" points or "1%": turns on the accuracy guard
 
+    def __post_init__(self) -> None:
+        if self.max_drop is not None:
+            try:
+                Tolerance.parse(self.max_drop)
+            except EdgewiseError:
+                self._require("max_drop", False, "a number of points (0.5) or a percentage (2%)")
+
     def quantize(self, candidate: Candidate, src, dst, exclude=(), include=None):
         raise TypeError(f"{type(self).__name__} does not define quantize")
 
@@ -202,8 +248,9 @@ class Int8(_Quantize):
     samples: int = 300
 
     def __post_init__(self) -> None:
-        if self.method not in quantize.CALIBRATION_METHODS:
-            raise EdgewiseError(f"int8 method {self.method!r}: use one of {', '.join(quantize.CALIBRATION_METHODS)}")
+        super().__post_init__()
+        self._require("method", self.method in quantize.CALIBRATION_METHODS, ", ".join(quantize.CALIBRATION_METHODS))
+        self._require("samples", self.samples >= 1, "a whole number >= 1")
 
     def quantize(self, candidate, src, dst, exclude=(), include=None):
         return quantize.int8_static(src, dst, candidate.task.calibration, samples=self.samples, method=self.method,
@@ -228,6 +275,11 @@ class Int4(_Quantize):
     name: ClassVar[str] = "int4"
     group: int = 32
     bits: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # MatMulNBits takes blocks of 16, 32, 64 ... inputs.
+        self._require("group", self.group >= 16 and self.group & (self.group - 1) == 0, "a power of two >= 16")
 
     def quantize(self, candidate, src, dst, exclude=(), include=None):
         return quantize.weight_only(src, dst, bits=self.bits, block_size=self.group, exclude=exclude, include=include)

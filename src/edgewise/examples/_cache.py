@@ -14,11 +14,14 @@ from edgewise.files import atomic_path, cache_dir
 from edgewise.train import fit
 
 
-def stratified_split(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[tuple, tuple]:
-    """70% train, 30% eval, classes in the same proportions: ((x, y), (x, y))."""
-    x_train, x_eval, y_train, y_eval = train_test_split(features, labels.astype(np.int64), test_size=0.3,
-                                                        stratify=labels, random_state=seed)
-    return (x_train, y_train), (x_eval, y_eval)
+def stratified_split(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[tuple, tuple, tuple]:
+    """60% train, 20% validation, 20% test, classes in the same proportions: three (x, y)."""
+    labels = labels.astype(np.int64)
+    x_train, x_rest, y_train, y_rest = train_test_split(features, labels, test_size=0.4, stratify=labels,
+                                                        random_state=seed)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest,
+                                                    random_state=seed)
+    return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
 def trained(key: str, build: Callable[[], torch.nn.Module], train: Any, **fit_options: Any) -> torch.nn.Module:

@@ -23,14 +23,14 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def splits(seed: int = 0) -> tuple[tuple, tuple]:
+def splits(seed: int = 0) -> tuple[tuple, tuple, tuple]:
     data = load_breast_cancer()
     features = data.data.astype(np.float32)
     return stratified_split(features, data.target, seed)
 
 
 def load() -> Task:
-    train, evaluation = splits()
+    train, validation, test = splits()
     mean, std = train[0].mean(axis=0), train[0].std(axis=0) + 1e-6
 
     def build() -> nn.Module:
@@ -38,6 +38,6 @@ def load() -> Task:
                              nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 2))
 
     torch.manual_seed(0)
-    model = trained("breast-cancer-mlp-v2", build, train, epochs=60, lr=1e-3, weight_decay=1e-4)
-    return Task(model, train=train, calibration=(train[0],), eval=evaluation, metric="f1",
+    model = trained("breast-cancer-mlp-v3", build, train, epochs=60, lr=1e-3, weight_decay=1e-4)
+    return Task(model, train=train, calibration=(train[0],), validation=validation, eval=test, metric="f1",
                 name="breast-cancer")

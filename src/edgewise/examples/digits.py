@@ -23,15 +23,15 @@ def build() -> nn.Module:
     )
 
 
-def splits(seed: int = 0) -> tuple[tuple, tuple]:
+def splits(seed: int = 0) -> tuple[tuple, tuple, tuple]:
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
     return stratified_split(images, data.target, seed)
 
 
 def load() -> Task:
-    train, evaluation = splits()
+    train, validation, test = splits()
     torch.manual_seed(0)
-    model = trained("digits-cnn-v1", build, train, epochs=15, lr=2e-3, weight_decay=1e-4)
-    return Task(model, train=train, calibration=(train[0][:300],), eval=evaluation,
+    model = trained("digits-cnn-v2", build, train, epochs=15, lr=2e-3, weight_decay=1e-4)
+    return Task(model, train=train, calibration=(train[0][:300],), validation=validation, eval=test,
                 metric="accuracy", name="digits")

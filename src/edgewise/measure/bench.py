@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from edgewise.measure import energy as energy_lib
-from edgewise.measure.latency import Timing, interleaved
+from edgewise.measure.latency import Percentiles, Timing, interleaved
 from edgewise.measure.memory import peak_rss_mb
+from edgewise.measure.quality import MetricValue
 from edgewise.runtime import onnx as onnx_runtime
-from edgewise.task import Task
+
+if TYPE_CHECKING:
+    from edgewise.task import Task
 
 
 @dataclass
@@ -39,26 +43,38 @@ class BenchSettings:
 
 @dataclass
 class BenchResult:
-    """Figures for one model at one batch size. Energy, cost and CO2 are per inference (sample)."""
+    """Figures for one model at one batch size. Energy, cost and CO2 are per inference (sample).
+
+    `compressed_size_bytes` and `export_max_abs_error` are filled in by compress and optimize.
+    """
 
     model: str
     batch: int
-    latency_ms: dict[str, float]
+    latency_ms: Percentiles
     throughput_per_s: float
     peak_rss_mb: float | None
     runtime_rss_mb: float | None
     size_bytes: int
     params: int
-    metric: dict | None
+    metric: MetricValue | None
     energy_j: float
     energy_method: str
     cost_usd_per_million: float
     cost_method: str
     co2e_g_per_million: float
     cpu_ms_per_inference: float
+    compressed_size_bytes: int | None = None
+    export_max_abs_error: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BenchResult:
+        """The inverse of `to_json` (figures stored in a study or a card)."""
+        metric = data.get("metric")
+        return cls(**{**data, "latency_ms": Percentiles(**data["latency_ms"]),
+                      "metric": MetricValue(**metric) if metric else None})
 
 
 def synthetic_inputs(sess: ort.InferenceSession, batch: int, sequence: int = 128, seed: int = 0) -> dict:
@@ -100,14 +116,13 @@ def bench(targets: list[BenchTarget], settings: BenchSettings | None = None) -> 
     return results
 
 
-def _metric(target: BenchTarget, sess: ort.InferenceSession) -> dict | None:
+def _metric(target: BenchTarget, sess: ort.InferenceSession) -> MetricValue | None:
     if target.task is None or target.task.eval is None:
         return None
-    value = target.task.evaluate(lambda inputs: onnx_runtime.predict(sess, inputs))
-    return {"name": target.task.metric.name, "value": value}
+    return MetricValue(target.task.metric.name, target.task.evaluate(lambda inputs: onnx_runtime.predict(sess, inputs)))
 
 
-def _result(target: BenchTarget, batch: int, timing: Timing, memory: dict, metric: dict | None,
+def _result(target: BenchTarget, batch: int, timing: Timing, memory: dict, metric: MetricValue | None,
             settings: BenchSettings) -> BenchResult:
     inferences = timing.calls * batch
     cpu_s = timing.cpu_s / inferences
@@ -125,5 +140,5 @@ def _result(target: BenchTarget, batch: int, timing: Timing, memory: dict, metri
         cost_usd_per_million=energy_lib.cost_usd_per_million(energy_j, cpu_s, settings.prices),
         cost_method=settings.prices.cost_method,
         co2e_g_per_million=energy_lib.co2e_g_per_million(energy_j, settings.prices),
-        cpu_ms_per_inference=cpu_s * 1e3,
+        cpu_ms_per_inference=cpu_s * 1e3, export_max_abs_error=target.export_max_abs_error,
     )

@@ -9,6 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Percentiles:
+    """Latency percentiles, in the unit the field holding them names."""
+
+    p50: float
+    p90: float
+    p99: float
+
+
 @dataclass
 class Timing:
     """Wall-clock latency of each call and the process CPU time they consumed, in seconds."""
@@ -21,9 +30,9 @@ class Timing:
     def calls(self) -> int:
         return len(self.latencies_s)
 
-    def percentiles_ms(self) -> dict[str, float]:
+    def percentiles_ms(self) -> Percentiles:
         p50, p90, p99 = np.percentile(self.latencies_s * 1e3, [50, 90, 99])
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
+        return Percentiles(float(p50), float(p90), float(p99))
 
     @property
     def cpu_s_per_call(self) -> float:

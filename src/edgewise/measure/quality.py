@@ -25,6 +25,14 @@ class Metric:
     scale: float = 1.0  # accuracy-like metrics are reported in points (x100) for drops
 
 
+@dataclass(frozen=True)
+class MetricValue:
+    """A measured metric: its name and value."""
+
+    name: str
+    value: float
+
+
 def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(_predicted_classes(outputs) == labels.reshape(-1)))
 

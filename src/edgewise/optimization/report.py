@@ -1,10 +1,14 @@
-"""The optimize report: self-contained HTML (inline SVG plots, no scripts, works offline) and Markdown."""
+"""The optimize report: self-contained HTML (inline SVG plots, no scripts, works offline), Markdown,
+card.json and candidates.json."""
 
 from __future__ import annotations
 
 import html
 import io
 import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import matplotlib
 
@@ -12,9 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from edgewise.compression.recipe import compressed_size  # noqa: E402
+from edgewise.files import atomic_path, write_json, write_text  # noqa: E402
 from edgewise.measure import energy  # noqa: E402
+from edgewise.measure.bench import BenchResult  # noqa: E402
 from edgewise.measure.machine import describe  # noqa: E402
-from edgewise.optimize.run import PEER, SENSITIVITY_SAMPLES, OptimizeResult, pareto  # noqa: E402
+from edgewise.optimization.run import PEER, SENSITIVITY_SAMPLES, OptimizeResult, pareto  # noqa: E402
 
 
 def _mb(num_bytes: float) -> float:
@@ -24,20 +31,22 @@ def _mb(num_bytes: float) -> float:
 def _plot(result: OptimizeResult, x_key: str) -> str:
     """Metric against latency or size for every trial: Pareto front, chosen, baseline, peer."""
     latency = x_key == "latency"
-    x_of = (lambda f: f["latency_ms"]["p50"]) if latency else (lambda f: _mb(f["size_bytes"]))
+    x_of = (lambda f: f.latency_ms.p50) if latency else (lambda f: _mb(f.size_bytes))
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     trials = result.trials
-    ax.scatter([x_of(t.figures) for t in trials], [t.figures["metric"]["value"] for t in trials],
-               c=["#2b8a3e" if t.feasible else "#adb5bd" for t in trials], s=28, label="candidates (green: within constraints)")
+    ax.scatter([x_of(t.figures) for t in trials], [t.metric for t in trials],
+               c=["#2b8a3e" if t.feasible else "#adb5bd" for t in trials], s=28,
+               label="candidates, validation (green: within constraints)")
     front = sorted(pareto(trials, "latency" if latency else "size"), key=lambda t: x_of(t.figures))
-    ax.plot([x_of(t.figures) for t in front], [t.figures["metric"]["value"] for t in front], "-", color="#2b8a3e",
+    ax.plot([x_of(t.figures) for t in front], [t.metric for t in front], "-", color="#2b8a3e",
             lw=1, label="Pareto front")
     for name, marker, color, label in ((result.finalists[0].name, "s", "#1c7ed6", "ORT fp32 baseline"),
                                        (PEER, "D", "#f08c00", "ORT quantize_dynamic default"),
                                        (result.chosen.recipe, "*", "#e03131", "chosen")):
-        figures = result.final(name)
-        if figures:
-            ax.scatter([x_of(figures)], [figures["metric"]["value"]], marker=marker, s=160 if marker == "*" else 60,
+        candidate = result.finalist(name)
+        if candidate and candidate.validation_metric is not None:  # on the axis the trials are plotted on
+            ax.scatter([x_of(candidate.figures)], [candidate.validation_metric], marker=marker,
+                       s=160 if marker == "*" else 60,
                        color=color, edgecolor="black", zorder=5, label=label)
     ax.set_xlabel("batch-1 p50 latency (ms, ONNX Runtime)" if latency else "model size (MB)")
     if not latency:
@@ -45,7 +54,7 @@ def _plot(result: OptimizeResult, x_key: str) -> str:
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylabel(result.task.metric.name)
+    ax.set_ylabel(f"{result.task.metric.name} (validation)")
     ax.set_title(f"{result.task.metric.name} vs {'latency' if latency else 'size'}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
@@ -62,28 +71,31 @@ def _summary_rows(result: OptimizeResult) -> list[list[str]]:
     rows = []
     for candidate in result.finalists:
         f = candidate.figures
+        validation = f"{candidate.validation_metric:.4f}" if candidate.validation_metric is not None else "-"
         rows.append([candidate.name + (" (chosen)" if candidate.name == result.chosen.recipe else ""),
-                     f"{f['metric']['value']:.4f}", f"{f['latency_ms']['p50']:.3f}", f"{f['latency_ms']['p99']:.3f}",
-                     f"{base['latency_ms']['p50'] / f['latency_ms']['p50']:.2f}x", f"{_mb(f['size_bytes']):.3f}",
-                     f"{base['size_bytes'] / f['size_bytes']:.2f}x", f"{f['params']:,}"])
+                     validation, f"{f.metric.value:.4f}", f"{f.latency_ms.p50:.3f}", f"{f.latency_ms.p99:.3f}",
+                     f"{base.latency_ms.p50 / f.latency_ms.p50:.2f}x", f"{_mb(f.size_bytes):.3f}",
+                     f"{base.size_bytes / f.size_bytes:.2f}x", f"{f.params:,}"])
     return rows
 
 
-SUMMARY_HEADER = ["model", "metric", "p50 ms", "p99 ms", "speedup", "size MB", "smaller", "params"]
+SUMMARY_HEADER = ["model", "metric, validation", "metric, held-out", "p50 ms", "p99 ms", "speedup", "size MB",
+                  "smaller", "params"]
 ENERGY_HEADER = ["model", "energy mJ/inference", "method", "$ per million", "g CO2e per million"]
-TRIALS_HEADER = ["trial", "recipe", "metric", "drop", "p50 ms", "size MB", "energy mJ", "within constraints"]
+TRIALS_HEADER = ["trial", "recipe", "metric (validation)", "drop", "p50 ms", "size MB", "energy mJ",
+                 "within constraints"]
 
 
 def _energy_rows(result: OptimizeResult) -> list[list[str]]:
-    return [[c.name, f"{c.figures['energy_j'] * 1e3:.4f}", c.figures["energy_method"],
-             f"{c.figures['cost_usd_per_million']:.4f}", f"{c.figures['co2e_g_per_million']:.3f}"]
+    return [[c.name, f"{c.figures.energy_j * 1e3:.4f}", c.figures.energy_method,
+             f"{c.figures.cost_usd_per_million:.4f}", f"{c.figures.co2e_g_per_million:.3f}"]
             for c in result.finalists]
 
 
 def _trial_rows(result: OptimizeResult) -> list[list[str]]:
-    return [[str(t.number), t.recipe, f"{t.figures['metric']['value']:.4f}", f"{t.drop:.3f}",
-             f"{t.figures['latency_ms']['p50']:.3f}", f"{_mb(t.figures['size_bytes']):.3f}",
-             f"{t.figures['energy_j'] * 1e3:.4f}", "yes" if t.feasible else "no"]
+    return [[str(t.number), t.recipe, f"{t.metric:.4f}", f"{t.drop:.3f}",
+             f"{t.figures.latency_ms.p50:.3f}", f"{_mb(t.figures.size_bytes):.3f}",
+             f"{t.figures.energy_j * 1e3:.4f}", "yes" if t.feasible else "no"]
             for t in sorted(result.trials, key=lambda t: t.number)]
 
 
@@ -93,12 +105,16 @@ def _headline(result: OptimizeResult) -> list[str]:
              f"{result.settings.objective}; constraints: drop <= {c.tolerance}"
              + (f", size <= {c.max_size_mb} MB" if c.max_size_mb else "")
              + (f", p50 <= {c.max_latency_ms} ms" if c.max_latency_ms else "") + ".",
-             f"Chosen: **{result.chosen.recipe}** (drop {result.chosen.drop:.3f}) after {len(result.trials)} trials."]
+             f"Chosen: **{result.chosen.recipe}** after {len(result.trials)} trials: drop {result.chosen.drop:.3f} on "
+             f"the validation split the search used, **{result.held_out_drop:.3f} on held-out data** no trial touched "
+             "(the figure to trust)."]
+    if result.disagreement:
+        lines.append(f"**Warning:** {result.disagreement}.")
     if result.message:
         lines.append(result.message)
     if result.interrupted:
         lines.append("The search was interrupted: this is the best found so far.")
-    if result.baseline["energy_method"] == "estimate":
+    if result.baseline.energy_method == "estimate":
         profile = energy.profile(energy.DEFAULT_PROFILE)
         lines.append(f"Energy is an estimate (no RAPL here): CPU time x {profile.watts_per_core} W per busy core "
                      f"({profile.name}). Cost from core-hours, CO2e at the world-average grid intensity.")
@@ -160,3 +176,37 @@ def _machine_line() -> str:
     machine = describe()
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     return f"Measured on {machine['cpu']}, {machine['cores']} cores, {machine['os']}; {versions}."
+
+
+def write_outputs(result: OptimizeResult, out: str | Path) -> Path:
+    """model.onnx, card.json, candidates.json, report.html and report.md, each written atomically."""
+    out = Path(out)
+    with atomic_path(out / "model.onnx") as tmp:
+        shutil.copyfile(result.chosen_candidate.onnx(), tmp)
+    write_json(out / "candidates.json", [t.to_json() for t in result.trials])
+    write_json(out / "card.json", card(result))
+    write_text(out / "report.md", render_markdown(result))
+    write_text(out / "report.html", render_html(result))
+    return out
+
+
+def _figures(figures: BenchResult | None) -> dict | None:
+    return figures.to_json() if figures else None
+
+
+def card(result: OptimizeResult) -> dict:
+    """The chosen model's card: its figures are held-out; what the search saw is under `validation`."""
+    chosen = result.chosen_candidate
+    return {
+        "task": result.task.name, "metric": result.task.metric.name, "recipe": result.chosen.recipe,
+        "params": result.chosen.params, "constraints": asdict(result.constraints),
+        "objective": result.settings.objective, "constraints_met": result.met, "message": result.message,
+        "interrupted": result.interrupted, "chosen": _figures(result.chosen_figures),
+        "held_out": {"metric": result.chosen_figures.metric.value, "drop": result.held_out_drop,
+                     "baseline_metric": result.baseline.metric.value},
+        "validation": {"metric": result.chosen.metric, "drop": result.chosen.drop,
+                       "baseline_metric": result.finalists[0].validation_metric},
+        "warning": result.disagreement, "baseline": _figures(result.baseline), "peer": _figures(result.final(PEER)),
+        "search": asdict(result.settings), "trials": len(result.trials),
+        "compressed_size_bytes": compressed_size(chosen.onnx()), "machine": describe(),
+    }

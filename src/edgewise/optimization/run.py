@@ -1,20 +1,18 @@
-"""`optimize`: search, choose within the constraints, re-measure the finalists, write artifacts."""
+"""`optimize`: search on the validation split, choose within the constraints, re-measure the
+finalists on the held-out split that no trial touched."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgewise.compress.candidate import Candidate
-from edgewise.compress.quantize import ort_default_dynamic
-from edgewise.compress.recipe import compressed_size, measure_candidates
-from edgewise.compress.sensitivity import layer_sensitivity, score_onnx
-from edgewise.files import atomic_path, write_json, write_text
-from edgewise.measure.bench import BenchSettings
-from edgewise.measure.machine import describe
-from edgewise.optimize.search import OBJECTIVES, Constraints, Searcher, SearchSettings, TrialRecord
+from edgewise.compression.candidate import Candidate
+from edgewise.compression.quantize import ort_default_dynamic
+from edgewise.compression.recipe import measure_candidates
+from edgewise.compression.sensitivity import layer_sensitivity, score_onnx
+from edgewise.measure.bench import BenchResult, BenchSettings
+from edgewise.optimization.search import Constraints, Searcher, SearchSettings, TrialRecord
 from edgewise.task import Task
 
 PEER = "ort-quantize_dynamic-default"
@@ -23,6 +21,9 @@ SENSITIVITY_SAMPLES = 128
 
 @dataclass
 class OptimizeResult:
+    """What `optimize` found. Trials carry validation figures (what the search saw); finalists
+    carry held-out figures (what is stated), and their validation metric beside them."""
+
     task: Task
     constraints: Constraints
     settings: SearchSettings
@@ -34,16 +35,40 @@ class OptimizeResult:
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     interrupted: bool = False
 
-    def final(self, name: str) -> dict | None:
-        return next((c.figures for c in self.finalists if c.name == name), None)
+    def finalist(self, name: str) -> Candidate | None:
+        return next((c for c in self.finalists if c.name == name), None)
+
+    def final(self, name: str) -> BenchResult | None:
+        candidate = self.finalist(name)
+        return candidate.figures if candidate else None
 
     @property
-    def baseline(self) -> dict:
+    def baseline(self) -> BenchResult:
         return self.finalists[0].figures
 
     @property
-    def chosen_figures(self) -> dict:
-        return self.final(self.chosen.recipe)
+    def chosen_candidate(self) -> Candidate:
+        return self.finalist(self.chosen.recipe)
+
+    @property
+    def chosen_figures(self) -> BenchResult:
+        return self.chosen_candidate.figures
+
+    @property
+    def held_out_drop(self) -> float:
+        """The chosen model's metric drop on the held-out split (the stated figure)."""
+        return self.constraints.tolerance.drop(self.baseline.metric.value, self.chosen_figures.metric.value,
+                                               self.task.metric)
+
+    @property
+    def disagreement(self) -> str:
+        """A warning when validation and held-out drops differ by more than the allowed drop."""
+        gap = abs(self.held_out_drop - self.chosen.drop)
+        if gap <= self.constraints.max_drop:
+            return ""
+        return (f"validation and held-out disagree: the chosen model's drop is {self.chosen.drop:.3f} on validation "
+                f"but {self.held_out_drop:.3f} on held-out data, a gap larger than the allowed {self.constraints.tolerance}; "
+                "the validation split may not stand for the data the model will see")
 
 
 def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool, str]:
@@ -51,7 +76,7 @@ def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool
     which constraint failed."""
     feasible = [t for t in trials if t.feasible]
     if feasible:
-        best = min(feasible, key=lambda t: (t.objective(objective), -t.figures["metric"]["value"]))
+        best = min(feasible, key=lambda t: (t.objective(objective), -t.metric))
         return best, True, ""
     closest = min(trials, key=lambda t: sum(max(0.0, v) / _scale(k) for k, v in t.violations.items()))
     failed = ", ".join(f"{k.replace('_', '-')} exceeded by {v:.3g}" for k, v in closest.violations.items() if v > 0)
@@ -68,10 +93,8 @@ def pareto(trials: list[TrialRecord], objective: str) -> list[TrialRecord]:
     """Trials no other trial beats on both the metric and the objective."""
     front = []
     for t in trials:
-        dominated = any(o.figures["metric"]["value"] >= t.figures["metric"]["value"]
-                        and o.objective(objective) <= t.objective(objective)
-                        and (o.figures["metric"]["value"] > t.figures["metric"]["value"]
-                             or o.objective(objective) < t.objective(objective)) for o in trials)
+        dominated = any(o.metric >= t.metric and o.objective(objective) <= t.objective(objective)
+                        and (o.metric > t.metric or o.objective(objective) < t.objective(objective)) for o in trials)
         if not dominated:
             front.append(t)
     return sorted(front, key=lambda t: t.objective(objective))
@@ -106,14 +129,19 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
              final_seconds: float = 4.0, workdir: str | Path | None = None) -> OptimizeResult:
     """Search recipes for `task` and choose the best model within `constraints`.
 
+    Every trial is judged on the task's validation split (see `Task.holdout`); the finalists
+    (baseline, ORT's quantize_dynamic default, the chosen and the Pareto front) are then
+    re-measured interleaved in one run, their metric on the held-out split that no trial touched.
+    Candidate models are written to `workdir` (a new temporary folder, left for the caller, when
+    not given).
+
     Returns the result with every trial, the chosen one (or the closest, with the reason), and
-    the finalists (baseline, ORT's quantize_dynamic default, the chosen and the Pareto front)
-    re-measured interleaved in one run. Candidate models are written to `workdir` (a new
-    temporary folder, left for the caller, when not given).
+    the finalists.
     """
     constraints, settings = constraints or Constraints(), settings or SearchSettings()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgewise-optimize-"))
-    searcher = Searcher(task, constraints, settings, workdir)
+    choosing, stating = task.holdout()
+    searcher = Searcher(choosing, constraints, settings, workdir)
     trials = searcher.run()
     if not trials:
         trials = [searcher.evaluate({"depth": 1.0, "prune": 0.0, "quant": "fp32"}, -1)]
@@ -125,7 +153,7 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
     bench_settings = BenchSettings(batch_sizes=(1,), seconds=1.0 if searcher.interrupted else final_seconds)
     if settings.threads:
         bench_settings.threads = settings.threads
-    measure_candidates(finalists, bench_settings)
+    measure_candidates(finalists, bench_settings, judge=stating)
     result = OptimizeResult(task, constraints, settings, trials, chosen, met, message, finalists,
                             interrupted=searcher.interrupted)
     if not searcher.interrupted:
@@ -134,31 +162,3 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
         except KeyboardInterrupt:
             result.interrupted = True
     return result
-
-
-def write_outputs(result: OptimizeResult, out: str | Path) -> Path:
-    """model.onnx, card.json, candidates.json, report.html and report.md, each written atomically."""
-    from edgewise.optimize.report import render_html, render_markdown
-
-    out = Path(out)
-    chosen = next(c for c in result.finalists if c.name == result.chosen.recipe)
-    with atomic_path(out / "model.onnx") as tmp:
-        shutil.copyfile(chosen.onnx(), tmp)
-    write_json(out / "candidates.json", [asdict(t) for t in result.trials])
-    write_json(out / "card.json", card(result))
-    write_text(out / "report.md", render_markdown(result))
-    write_text(out / "report.html", render_html(result))
-    return out
-
-
-def card(result: OptimizeResult) -> dict:
-    return {
-        "task": result.task.name, "metric": result.task.metric.name, "recipe": result.chosen.recipe,
-        "params": result.chosen.params, "constraints": asdict(result.constraints),
-        "objective": result.settings.objective, "constraints_met": result.met, "message": result.message,
-        "interrupted": result.interrupted, "chosen": result.chosen_figures, "baseline": result.baseline,
-        "peer": result.final(PEER), "search": asdict(result.settings) | {"objective_key": OBJECTIVES[result.settings.objective][0]},
-        "trials": len(result.trials), "compressed_size_bytes": compressed_size(
-            next(c for c in result.finalists if c.name == result.chosen.recipe).onnx()),
-        "machine": describe(),
-    }

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 
-from edgewise.compress.candidate import Candidate
-from edgewise.compress.recipe import check_order
-from edgewise.compress.sensitivity import Tolerance, score_onnx
+from edgewise.compression.candidate import Candidate
+from edgewise.compression.recipe import check_order
+from edgewise.compression.sensitivity import Tolerance, score_onnx
 from edgewise.errors import EdgewiseError
-from edgewise.measure.bench import BenchSettings, BenchTarget, bench
-from edgewise.optimize.space import Space, space_for
+from edgewise.measure.bench import BenchResult, BenchSettings, BenchTarget, bench
+from edgewise.optimization.space import Space, space_for
 from edgewise.progress import _STDERR, progress_bar
 from edgewise.task import Task
 
-OBJECTIVES = {"latency": ("latency_ms", "p50"), "size": ("size_bytes", None), "energy": ("energy_j", None)}
+# What each objective minimises, read from a candidate's figures.
+OBJECTIVES: dict[str, Callable[[BenchResult], float]] = {
+    "latency": lambda figures: figures.latency_ms.p50,
+    "size": lambda figures: figures.size_bytes,
+    "energy": lambda figures: figures.energy_j,
+}
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,13 @@ class Constraints:
     def tolerance(self) -> Tolerance:
         return Tolerance(self.max_drop, self.relative)
 
-    def violations(self, drop: float, figures: dict) -> dict[str, float]:
+    def violations(self, drop: float, figures: BenchResult) -> dict[str, float]:
         """How far each constraint is exceeded (<= 0 means met)."""
         found = {"max_drop": drop - self.max_drop}
         if self.max_size_mb is not None:
-            found["max_size_mb"] = figures["size_bytes"] / 2**20 - self.max_size_mb
+            found["max_size_mb"] = figures.size_bytes / 2**20 - self.max_size_mb
         if self.max_latency_ms is not None:
-            found["max_latency_ms"] = figures["latency_ms"]["p50"] - self.max_latency_ms
+            found["max_latency_ms"] = figures.latency_ms.p50 - self.max_latency_ms
         return found
 
 
@@ -86,10 +92,12 @@ class SearchSettings:
 
 @dataclass
 class TrialRecord:
+    """One completed trial: its recipe and figures, measured on the validation split."""
+
     number: int
     params: dict
     recipe: str
-    figures: dict
+    figures: BenchResult
     drop: float
     violations: dict[str, float]
     onnx_path: str | None = None
@@ -99,9 +107,21 @@ class TrialRecord:
     def feasible(self) -> bool:
         return all(v <= 1e-12 for v in self.violations.values())
 
+    @property
+    def metric(self) -> float:
+        return self.figures.metric.value
+
     def objective(self, name: str) -> float:
-        key, sub = OBJECTIVES[name]
-        return self.figures[key][sub] if sub else self.figures[key]
+        return OBJECTIVES[name](self.figures)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrialRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in data.items() if k in names}
+        return cls(**{**fields, "figures": BenchResult.from_json(fields["figures"])})
 
 
 class Searcher:
@@ -186,11 +206,11 @@ class Searcher:
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in dataclasses.asdict(record).items():
+        for key, value in record.to_json().items():
             trial.set_user_attr(key, value)
         for name, excess in record.violations.items():
             trial.set_constraint(name, excess)  # <= 0 is within the constraint
-        study.tell(trial, [record.figures["metric"]["value"], record.objective(self.settings.objective)])
+        study.tell(trial, [record.metric, record.objective(self.settings.objective)])
         done.add(self._key(params))
         return True
 
@@ -199,9 +219,8 @@ class Searcher:
         return (params["depth"], params["prune"], params["quant"])
 
     def records(self, study: optuna.Study) -> list[TrialRecord]:
-        names = {f.name for f in dataclasses.fields(TrialRecord)}
-        return [TrialRecord(**{k: v for k, v in t.user_attrs.items() if k in names})
-                for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        return [TrialRecord.from_json(t.user_attrs) for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE]
 
     def _best_text(self, study: optuna.Study) -> str:
         feasible = [r for r in self.records(study) if r.feasible]
@@ -243,10 +262,8 @@ class Searcher:
                                  warmup=5)
         if self.settings.threads:
             settings.threads = self.settings.threads
-        [result] = bench([BenchTarget(candidate.name, candidate.onnx(), self.task)], settings)
-        figures = result.to_json()
-        drop = self.constraints.tolerance.drop(self.baseline.baseline_metric, figures["metric"]["value"],
-                                               self.task.metric)
+        [figures] = bench([BenchTarget(candidate.name, candidate.onnx(), self.task)], settings)
+        drop = self.constraints.tolerance.drop(self.baseline.baseline_metric, figures.metric.value, self.task.metric)
         details = {k: v for k, v in candidate.details.items() if k != "sensitivity"}
         return TrialRecord(number, params, candidate.name, figures, drop, self.constraints.violations(drop, figures),
                            str(candidate.onnx()), details)

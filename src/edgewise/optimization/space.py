@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgewise.compress.distill import _block_stack
-from edgewise.compress.quantize import has_matmul_weights
-from edgewise.compress.steps import Distill, Int4, Int8, Int8Dynamic, Prune, Step
+from edgewise.compression.distill import _block_stack
+from edgewise.compression.quantize import has_matmul_weights
+from edgewise.compression.steps import Distill, Int4, Int8, Int8Dynamic, Prune, Step
 from edgewise.task import Task
 
 # Quantization modes by name: the step that makes each.

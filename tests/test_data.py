@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgewise.data import first_inputs, iter_batches, num_samples
+from edgewise.data import alternate, first_inputs, iter_batches, num_samples
 from edgewise.errors import EdgewiseError
 
 
@@ -44,3 +44,13 @@ def test_missing_or_empty_split_says_what_to_give():
 def test_first_inputs_repeats_short_splits():
     x = np.arange(3, dtype=np.float32)[:, None]
     assert first_inputs((x,), 7)[:, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_alternate_halves_are_disjoint_and_cover_the_split():
+    x, y = np.arange(10, dtype=np.float32)[:, None], np.arange(10)
+    even, odd = alternate((x, y), 0), alternate((x, y), 1)
+    assert even[1].tolist() == [0, 2, 4, 6, 8] and odd[1].tolist() == [1, 3, 5, 7, 9]
+    batches = [((x[i:i + 2],), ) for i in range(0, 10, 2)]   # a split given as batches: every other batch
+    halves = [[b[0][0].ravel().tolist() for b in alternate(batches, parity)] for parity in (0, 1)]
+    assert halves == [[[0, 1], [4, 5], [8, 9]], [[2, 3], [6, 7]]]
+    assert list(alternate(batches, 1)) and list(alternate(batches, 1))   # re-iterable

@@ -66,3 +66,18 @@ def test_malformed_task_specs_are_named(tmp_path, spec, message):
     (tmp_path / "raises.py").write_text("1 / 0\n")
     with pytest.raises(EdgewiseError, match=message):
         load_task_file(spec.format(dir=tmp_path))
+
+
+def test_holdout_chooses_on_validation_and_states_on_eval(tiny_task):
+    x, y = tiny_task.train
+    task = Task(tiny_task.model, train=(x, y), validation=(x[40:], y[40:]), eval=(x[:40], y[:40]))
+    choosing, stating = task.holdout()
+    assert choosing.eval[0] is task.validation[0] and stating is task
+    assert choosing.validation is None and choosing.train is task.train
+
+
+def test_without_validation_eval_is_shared_out_alike(tiny_task):
+    choosing, stating = tiny_task.holdout()
+    x = tiny_task.eval[0]
+    assert np.array_equal(choosing.eval[0], x[0::2]) and np.array_equal(stating.eval[0], x[1::2])
+    assert choosing.reference_outputs().shape == (20, 3) and stating.reference_outputs().shape == (20, 3)

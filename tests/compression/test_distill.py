@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,16 @@ def test_kd_loss_mixes_hard_labels_and_soft_targets(tiny_task):
     assert loss(student, x, torch.from_numpy(y)).item() > 0  # the hard-label part remains
     with pytest.raises(EdgewiseError, match="distill match 'l1'"):
         distill.distill_loss(teacher, True, match="l1")
+
+
+def test_embeddings_are_frozen_and_thawed_and_batches_get_teacher_outputs():
+    from tests.conftest import TwoInputs
+    model = TwoInputs()
+    frozen = distill.frozen_embeddings(model)
+    assert frozen == [model.embed.weight] and not model.embed.weight.requires_grad
+    assert model.proj.weight.requires_grad
+    batches = [({"input_ids": np.full((2, 3), i, np.int64), "attention_mask": np.ones((2, 3), np.int64)},)
+               for i in range(3)]
+    targets = distill.with_teacher_outputs(model, batches)
+    assert len(targets) == 3 and all(t.shape == (2, 4) for _, t in targets)
+    assert np.allclose(targets[1][1], predict(model, batches[1][0]))

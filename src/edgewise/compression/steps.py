@@ -93,13 +93,13 @@ class Distill(Step):
     depth: float | None = 0.5
     width: float | None = None
     epochs: int = 10
-    lr: float = 3e-4
+    lr: float = 1e-4
     batch_size: int = 32
     temperature: float = 2.0
     alpha: float = 0.5
     match: str = "auto"
     patience: int = 2
-    max_steps: int = 3000
+    max_steps: int = 2000
     train_embeddings: bool = False
     student: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -107,7 +107,7 @@ class Distill(Step):
         self._require("depth", _fraction(self.depth), "a fraction of the layers, between 0 and 1")
         self._require("width", _fraction(self.width), "a fraction of the parameters, between 0 and 1")
         self._require("epochs", self.epochs >= 1, "a whole number >= 1")
-        self._require("lr", _positive(self.lr), "a positive number, e.g. 3e-4")
+        self._require("lr", _positive(self.lr), "a positive number, e.g. 1e-4")
         self._require("batch_size", self.batch_size >= 1, "a whole number >= 1")
         self._require("temperature", _positive(self.temperature), "a positive number, e.g. 2")
         self._require("alpha", 0 <= self.alpha <= 1, "between 0 and 1 (the weight of the hard labels)")

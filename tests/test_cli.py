@@ -49,10 +49,19 @@ def test_two_models_print_a_ratio_table(tmp_path, capsys):
 
 def test_weights_file_is_benched_with_the_examples_architecture(tmp_path, capsys):
     from edgewise.examples import load_example
-    torch.save(load_example("breast-cancer").model.state_dict(), tmp_path / "mine.pt")
-    code, out, _ = run(capsys, "bench", str(tmp_path / "mine.pt"), "--example", "breast-cancer",
-                       "--json", "--seconds", "0.2")
-    assert code == 0 and json.loads(out)["results"][0]["metric"]["name"] == "f1"
+    weights = load_example("breast-cancer").model.state_dict()
+    f1 = {}
+    for name, bias in (("mine", None), ("always-benign", torch.tensor([0.0, 1e4]))):
+        state = weights if bias is None else {**weights, "5.bias": bias}
+        torch.save(state, tmp_path / f"{name}.pt")
+        code, out, _ = run(capsys, "bench", str(tmp_path / f"{name}.pt"), "--example", "breast-cancer",
+                           "--json", "--seconds", "0.2")
+        metric = json.loads(out)["results"][0]["metric"]
+        assert code == 0 and metric["name"] == "f1"
+        f1[name] = metric["value"]
+    # the file's weights are the ones measured: a head that always says "benign" (class 1) scores
+    # the f1 of predicting every sample positive, not the trained model's
+    assert f1["mine"] > 0.9 and f1["always-benign"] < 0.85
 
 
 @pytest.fixture

@@ -69,9 +69,19 @@ def test_unstructured_prune_is_reported_as_size_only(tmp_path, image_task):
     assert sparse.figures.compressed_size_bytes < 0.5 * baseline.figures.compressed_size_bytes
 
 
-def test_guarded_int8_reports_tolerance(tmp_path, image_task):
-    result = compress(image_task, "int8(max_drop=50)", workdir=tmp_path, measure=False)
-    assert result.final.details["tolerance_met"] and result.final.details["kept_float"] == []
+def test_guarded_int8_keeps_the_layer_that_breaks_the_tolerance_in_float(tmp_path, image_task, monkeypatch):
+    from edgewise.compression import quantize
+    from edgewise.compression.quantize import weight_nodes
+    from tests.compression.test_sensitivity import damaging_quantizer
+    src = compress(image_task, [], workdir=tmp_path / "probe", measure=False).baseline.onnx()
+    broken = weight_nodes(src)[1]   # quantizing this layer costs accuracy; the others cost nothing
+    damage = damaging_quantizer({broken: 3.0})
+    monkeypatch.setattr(quantize, "int8_static", lambda s, d, *args, exclude=(), include=None, **kw:
+                        damage(s, d, exclude, include))
+    result = compress(image_task, "int8(max_drop=0)", workdir=tmp_path / "work", measure=False)
+    details = result.final.details
+    assert details["kept_float"] == [broken] and details["tolerance_met"] and details["drop"] <= 0
+    assert details["sensitivity"][0][0] == broken and details["sensitivity"][0][1] > 0
 
 
 def test_onnx_model_cannot_be_pruned(tmp_path, image_task):

@@ -137,7 +137,7 @@ def _sections(result: OptimizeResult) -> list[tuple[str, list[str], list[list[st
                 ("Energy, cost and CO2 per million inferences", ENERGY_HEADER, _energy_rows(result))]
     if result.sensitivity:
         sections.append((f"Per-layer sensitivity of the chosen quantization (each layer alone, on the model it "
-                         f"quantized, first {SENSITIVITY_SAMPLES} eval samples)",
+                         f"quantized, first {SENSITIVITY_SAMPLES} validation samples)",
                          ["layer", "metric drop"], [[name, f"{drop:.4f}"] for name, drop in result.sensitivity]))
     sections.append(("All candidates", TRIALS_HEADER, _trial_rows(result)))
     return sections

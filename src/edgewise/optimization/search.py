@@ -6,7 +6,10 @@ SQLite (`--study sqlite:///x.db`) survives an interruption and continues where i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,9 +164,9 @@ class Searcher:
         wanted = min(self.settings.trials, self.space_size())
         deadline = time.monotonic() + self.settings.time_budget_min * 60
         try:
-            with progress_bar() as progress:
+            with progress_bar() as progress, self._noting_ctrl_c():
                 bar = progress.add_task("searching", total=wanted, completed=min(len(done), wanted), status="")
-                while len(done) < wanted and time.monotonic() < deadline:
+                while len(done) < wanted and time.monotonic() < deadline and not self.interrupted:
                     if self._trial(study, done):
                         left = max(0.0, deadline - time.monotonic()) / 60
                         progress.update(bar, completed=min(len(done), wanted),
@@ -171,6 +174,24 @@ class Searcher:
         except KeyboardInterrupt:
             self.interrupted = True
         return self.records(study)
+
+    @contextlib.contextmanager
+    def _noting_ctrl_c(self):
+        """Ctrl-C stops the search at once, and is also noted: a KeyboardInterrupt raised inside a
+        finaliser (an ONNX Runtime session collected mid-trial) is swallowed by Python, and the
+        note still ends the search before the next trial."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum, frame):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGINT, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _enqueue_cheap_first(self, study: optuna.Study) -> None:
         """Quantizing the model as it is costs seconds; distilling or pruning it costs minutes.

@@ -66,9 +66,9 @@ class OptimizeResult:
         gap = abs(self.held_out_drop - self.chosen.drop)
         if gap <= self.constraints.max_drop:
             return ""
-        return (f"validation and held-out disagree: the chosen model's drop is {self.chosen.drop:.3f} on validation "
-                f"but {self.held_out_drop:.3f} on held-out data, a gap larger than the allowed {self.constraints.tolerance}; "
-                "the validation split may not stand for the data the model will see")
+        return (f"validation and held-out disagree: the chosen model's drop is {self.chosen.drop:.3f} on "
+                f"validation but {self.held_out_drop:.3f} on held-out data, a gap larger than the allowed "
+                f"{self.constraints.tolerance}; the validation split may not stand for the data the model will see")
 
 
 def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool, str]:

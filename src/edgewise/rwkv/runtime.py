@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path
-from edgewise.rwkv import checkpoint, native
+from edgewise.rwkv import checkpoint, converted, native
 from edgewise.runtime.torch import load_weights
 from edgewise.rwkv.checkpoint import MATRICES, Dims
+from edgewise.rwkv.converted import CONVERTED_FORMAT
 from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, quantize
 from edgewise.rwkv.state import RWKVState
 
-CONVERTED_FORMAT = "edgewise-rwkv7"  # key of the header tensor in a converted file
 FORMAT_VERSION = 2  # 2: int4 nibbles split by half-group (see quant.Int4Matrix)
 PREFILL_CHUNK = 256  # tokens per prefill pass: bounds activation memory; 256 keeps the GEMMs efficient
 _MIX = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -116,7 +116,7 @@ class RWKV:
 
     @classmethod
     def _load_converted(cls, path: Path, tensors: dict, quant: str | None) -> RWKV:
-        header = tensors[CONVERTED_FORMAT].tolist()   # [layers, width, heads, head_size, vocab, ffn, bits, version]
+        header = converted.read_header(tensors, path)
         stored = {0: None, 8: "int8", 4: "int4"}[header[6]]
         if stored == "int4" and (header[7:] or [1])[0] < FORMAT_VERSION:
             raise EdgewiseError(f"{path} was converted by an older edgewise (another int4 layout); "
@@ -124,7 +124,7 @@ class RWKV:
         if quant is not None and quant != stored:
             raise EdgewiseError(f"{path} is already converted to {stored or 'fp32'}; load it without --quant "
                                 f"or convert the original checkpoint to {quant}")
-        dims = Dims(*header[:6])
+        dims = converted.check(tensors, path)
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."

@@ -47,6 +47,11 @@ def bad_files(tmp_path, world_checkpoint):
     (["rwkv", "generate", "{w}", "--quant", "int3"], "quant 'int3'"),
     (["rwkv", "generate", "{w}", "--prompt", "bad \udcff"], "not valid UTF-8"),
     (["rwkv", "generate", "{w}", "--top-p", "0"], "top-p"),
+    (["rwkv", "generate", "{w}", "--seed", "-1"], "--seed -1 is negative"),
+    (["rwkv", "generate", "{w}", "--temperature", "nan"], "--temperature"),
+    (["rwkv", "generate", "{w}", "--presence-penalty", "inf"], "must be finite numbers"),
+    (["rwkv", "bench", "{w}", "--decode-tokens", "99999999999999999999"], "--decode-tokens"),
+    (["rwkv", "convert", "{w}", "--out", "{d}"], "is a folder; give a file name"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, bad_files, world_checkpoint, argv, message):
     code, _, err = run(capsys, *[a.format(d=bad_files, w=world_checkpoint) for a in argv])

@@ -56,3 +56,10 @@ def test_generation_streams_and_stops_before_the_stop_string():
     pieces = list(generate(ScriptedModel(script), tokenizer, "x", 50, Sampling(temperature=0), stop=("END",)))
     assert "".join(pieces) == "Hello there. "
     assert _partial_stop("abc EN", ("END",)) == 2 and _partial_stop("abc", ("END",)) == 0
+
+
+def test_logits_that_are_not_finite_are_named_not_sampled():
+    logits = np.zeros(10)
+    logits[3] = np.nan
+    with pytest.raises(EdgewiseError, match="logits are not finite"):
+        Sampler(Sampling(seed=1), 10)(logits)

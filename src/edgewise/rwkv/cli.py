@@ -32,7 +32,7 @@ def _model(path: Optional[Path], quant: Optional[str]):
 def generate(
     model: Annotated[Optional[Path], typer.Argument(help="An RWKV-7 .pth/.safetensors or a converted file (default: the tiny demo model).")] = None,
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "def ",
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 100,
+    max_tokens: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tokens to generate.")] = 100,
     quant: Quant = None,
     temperature: Annotated[float, typer.Option(min=0)] = 1.0,
     top_p: Annotated[float, typer.Option()] = 0.85,
@@ -63,8 +63,8 @@ def generate(
 def bench(
     model: Annotated[Optional[Path], typer.Argument(help="An RWKV-7 checkpoint (default: the tiny demo model).")] = None,
     quant: Quant = None,
-    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prefill length.")] = 512,
-    decode_tokens: Annotated[int, typer.Option(min=1, help="Tokens decoded one by one.")] = 64,
+    prompt_tokens: Annotated[int, typer.Option(min=1, max=1_000_000, help="Prefill length.")] = 512,
+    decode_tokens: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tokens decoded one by one.")] = 64,
     device: Annotated[str, typer.Option(help="Device profile for the energy estimate.")] = "server-x86",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -82,14 +82,16 @@ def bench(
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="An official RWKV-7 checkpoint.")],
-    out: Annotated[Path, typer.Option(help="The file to write (e.g. model-int4.pt).")],
+    out: Annotated[Path, typer.Option(help="The file to write (e.g. model-int4.safetensors).")],
     quant: Quant = "int4",
 ) -> None:
-    """Quantize once and write a file that loads fast: memory-mapped, weights used in place."""
+    """Quantize once and write a safetensors file that loads without quantizing again."""
     from edgewise.rwkv import RWKV
 
     if out.resolve() == model.resolve():
         raise EdgewiseError(f"--out {out} is the input checkpoint; choose another file")
+    if out.is_dir():
+        raise EdgewiseError(f"--out {out} is a folder; give a file name, e.g. {out / 'model-int4.safetensors'}")
     RWKV.load(model, quant=quant).save(out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {quant or 'fp32'})")
 

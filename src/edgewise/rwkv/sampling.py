@@ -26,8 +26,13 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        numbers = (self.temperature, self.top_p, self.presence_penalty, self.frequency_penalty, self.penalty_decay)
+        if not all(np.isfinite(numbers)):
+            raise EdgewiseError("sampling: temperature, top-p, penalties and penalty-decay must be finite numbers")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.penalty_decay <= 1:
             raise EdgewiseError("sampling: need temperature >= 0, 0 < top-p <= 1, top-k >= 0, 0 <= penalty-decay <= 1")
+        if self.seed is not None and self.seed < 0:
+            raise EdgewiseError(f"sampling: --seed {self.seed} is negative; give a whole number >= 0")
 
 
 class Sampler:
@@ -38,6 +43,9 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         s = self.settings
+        if not np.isfinite(logits).all():
+            raise EdgewiseError("the model's logits are not finite (NaN or inf): its weights are damaged; "
+                                "convert or download the checkpoint again")
         scores = logits.astype(np.float64) - s.presence_penalty * (self.counts > 0) - s.frequency_penalty * self.counts
         if s.temperature == 0:
             token = int(np.argmax(scores))

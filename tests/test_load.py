@@ -31,6 +31,8 @@ def test_npz_with_labels_gives_accuracy_and_without_gives_fidelity(tmp_path, for
     ({"a": np.zeros((8, 6), np.float32), "b": np.zeros((8, 6), np.float32)}, "name the arrays after them"),
     ({"x": np.zeros((2, 6), np.float32)}, "2 samples; give at least 4"),
     ({"x": np.zeros((8, 6), np.float32), "y": np.zeros(5)}, "8 input samples but 5 labels"),
+    ({"x": np.zeros((8, 6, 1), np.float32)}, "foreign.onnx fails on the first sample of bad.npz"),   # wrong rank
+    ({"x": np.array([["a"] * 6] * 8)}, "foreign.onnx fails on the first sample of bad.npz"),        # strings
 ])
 def test_bad_npz_is_named(tmp_path, foreign_onnx, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -44,6 +46,25 @@ def test_pickled_or_corrupt_npz_is_refused(tmp_path, foreign_onnx):
     for name in ("objects.npz", "corrupt.npz"):
         with pytest.raises(EdgewiseError, match="not a readable .npz without pickles"):
             load_onnx_task(foreign_onnx, tmp_path / name)
+
+
+def test_npz_declaring_a_huge_array_is_refused(tmp_path, foreign_onnx):
+    import zipfile
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 6)}   # 24 TB declared, 24 bytes given
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive, archive.open("x.npy", "w") as member:
+        np.lib.format.write_array_header_2_0(member, header)
+        member.write(np.zeros(6, np.float32).tobytes())
+    with pytest.raises(EdgewiseError, match="not a readable .npz without pickles"):
+        load_onnx_task(foreign_onnx, tmp_path / "huge.npz")
+
+
+def test_an_already_quantized_model_is_refused(tmp_path, foreign_onnx):
+    from edgewise.compression import quantize
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", features=x)
+    int8 = quantize.int8_static(foreign_onnx, tmp_path / "int8.onnx", (x,))
+    with pytest.raises(EdgewiseError, match="already quantized .*QuantizeLinear.*give the float model"):
+        load_onnx_task(int8, tmp_path / "data.npz")
 
 
 def test_task_sources_are_exclusive():

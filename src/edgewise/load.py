@@ -75,6 +75,9 @@ def _export(task: Task, name: str, workdir: Path) -> BenchTarget:
 
 
 LABEL_KEYS = ("y", "labels", "label", "target", "targets")
+# Ops that only a quantized graph holds: quantizing such a model again fails inside ORT's tools.
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulNBits"}
 
 
 def load_onnx_task(model: str | Path, data: str | Path, max_calibration: int = 300) -> Task:
@@ -88,13 +91,17 @@ def load_onnx_task(model: str | Path, data: str | Path, max_calibration: int = 3
     import numpy as np
 
     model, data = Path(model), Path(data)
+    quantized = sorted({n.op_type for n in onnx_runtime.load_model(model).graph.node} & QUANTIZED_OPS)
+    if quantized:
+        raise EdgewiseError(f"{model}: already quantized (it has {', '.join(quantized)}); give the float model "
+                            "it was made from")
     sess = onnx_runtime.session(model)
     if not data.is_file():
         raise EdgewiseError(f"{data}: no such file; check the path")
     try:
         with np.load(data, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError) as exc:  # MemoryError: a huge declared shape
         raise EdgewiseError(f"{data}: not a readable .npz without pickles ({str(exc).splitlines()[0][:100]}); "
                             "save it with numpy.savez(path, x=inputs, y=labels)") from None
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
@@ -112,7 +119,13 @@ def load_onnx_task(model: str | Path, data: str | Path, max_calibration: int = 3
         raise EdgewiseError(f"{data}: {count} samples; give at least 4 (half calibrate, half evaluate)")
     if labels is not None and len(labels) != count:
         raise EdgewiseError(f"{data}: {count} input samples but {len(labels)} labels; give one label per sample")
-    onnx_runtime.feed(sess, take(inputs, slice(0, 1)))  # dtypes and arity checked before any work
+    try:  # the model runs once on the first sample: dtypes, arity and shapes fail now, in one line
+        sess.run(None, onnx_runtime.feed(sess, take(inputs, slice(0, 1))))
+    except EdgewiseError:
+        raise
+    except Exception as exc:
+        raise EdgewiseError(f"{model.name} fails on the first sample of {data.name} "
+                            f"({' '.join(str(exc).split())[:160]}); check the arrays' shapes against the model's inputs") from None
     split = min(count // 2, max_calibration)
     evaluation = take(inputs, slice(split, None))
     return Task(model, calibration=(take(inputs, slice(0, split)),),

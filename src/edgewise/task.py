@@ -153,7 +153,13 @@ def load_task_file(spec: str) -> Task:
         raise EdgewiseError(f"--task {spec!r}: {path} defines no {attr!r}")
     task = getattr(module, attr)
     if callable(task) and not isinstance(task, Task):
-        task = task()
+        try:
+            task = task()
+        except EdgewiseError:
+            raise
+        except Exception as exc:
+            raise EdgewiseError(f"--task {spec!r}: {attr}() failed: {type(exc).__name__}: {exc}; it must build the "
+                                "Task with no arguments") from None
     if not isinstance(task, Task):
         raise EdgewiseError(f"--task {spec!r}: {attr} is a {type(task).__name__}, expected an edgewise.Task")
     return task

@@ -29,7 +29,8 @@ def test_other_versions_and_damage_are_named(tmp_path, checkpoints):
              (lambda w: w.pop("blocks.1.att.key.weight"), "missing tensor blocks.1.att.key.weight"),
              (lambda w: w.__setitem__("blocks.0.ffn.value.weight", torch.zeros(128, 100)),
               "blocks.0.ffn.value.weight has shape [128, 100], expected [128, 512]"),
-             (lambda w: (w.clear(), w.__setitem__("fc.weight", torch.zeros(2, 2))), "not an RWKV checkpoint")]
+             (lambda w: (w.clear(), w.__setitem__("fc.weight", torch.zeros(2, 2))), "not an RWKV checkpoint"),
+             (lambda w: w.__setitem__("blocks.foo.ln1.weight", torch.zeros(128)), "blocks.foo... have no layer number")]
     for change, message in cases:
         with pytest.raises(EdgewiseError, match=message.replace("[", r"\[").replace("]", r"\]")):
             checkpoint.load(_edited(tmp_path, checkpoints["small"], change))

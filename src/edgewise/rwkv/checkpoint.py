@@ -50,7 +50,11 @@ def dims_of(weights: dict, path: str | Path = "checkpoint") -> Dims:
         raise EdgewiseError(f"{path}: an RWKV {version} checkpoint; edgewise runs RWKV-7 (x070) only")
     vocab, width = _shape(weights, "emb.weight", path, ndim=2)
     heads, head_size = _shape(weights, "blocks.0.att.r_k", path, ndim=2)
-    layers = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
+    numbers = {k.split(".")[1] for k in weights if k.startswith("blocks.")}
+    if not all(n.isdigit() for n in numbers):
+        raise EdgewiseError(f"{path}: tensor names blocks.{sorted(n for n in numbers if not n.isdigit())[0]}... "
+                            "have no layer number; the checkpoint is damaged")
+    layers = 1 + max(int(n) for n in numbers)
     ffn = _shape(weights, "blocks.0.ffn.key.weight", path, ndim=2)[0]
     dims = Dims(layers, width, heads, head_size, vocab, ffn)
     if heads * head_size != width:

@@ -126,14 +126,14 @@ def compress(task: Task, steps: list[Step] | str, *, workdir: str | Path | None 
     Returns:
         The baseline and one Candidate per step, each with its bench figures at batch 1 (held-out
         metric, latency, size, params, energy ...), measured interleaved in one run, and its
-        validation metric in `details`.
+        `validation_metric`.
     """
     steps = parse_recipe(steps) if isinstance(steps, str) else list(steps)
     check_order(steps)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgewise-compress-"))
     choosing, stating = task.holdout()
     baseline = Candidate.from_task(choosing, workdir)
-    baseline.baseline_metric = score_onnx(choosing, baseline.onnx())
+    baseline.baseline_metric = baseline.validation_metric = score_onnx(choosing, baseline.onnx())
     candidates, current = [], baseline
     for step in steps:
         current = step.apply(current)
@@ -161,7 +161,7 @@ def measure_candidates(candidates: list[Candidate], settings: BenchSettings | No
             inputs = candidate.task.sample_input(4)
             sess = onnx_runtime.session(candidate.onnx())
             figures.export_max_abs_error = onnx_runtime.max_abs_error(candidate.model, sess, inputs)
-        if judge is not None and judge is not candidate.task:
+        if judge is not None and judge is not candidate.task and candidate.validation_metric is None:
             candidate.validation_metric = score_onnx(candidate.task, candidate.onnx())
         candidate.figures = figures
 

@@ -133,7 +133,7 @@ class Searcher:
     def __init__(self, task: Task, constraints: Constraints, settings: SearchSettings, workdir: Path) -> None:
         self.task, self.constraints, self.settings, self.workdir = task, constraints, settings, workdir
         self.baseline = Candidate.from_task(task, workdir)
-        self.baseline.baseline_metric = score_onnx(task, self.baseline.onnx())
+        self.baseline.baseline_metric = self.baseline.validation_metric = score_onnx(task, self.baseline.onnx())
         self.space: Space = space_for(task, self.baseline.onnx())
         self._stages: dict[tuple, Candidate] = {}
         self.interrupted = False

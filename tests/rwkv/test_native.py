@@ -1,3 +1,5 @@
+import ctypes
+
 import numpy as np
 import pytest
 import torch
@@ -112,5 +114,75 @@ def test_a_wrapped_compiler_and_a_damaged_cached_build(monkeypatch, tmp_path):
     damaged = native.cached_build(native.compiler(), native.PORTABLE_FLAGS)
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"not a shared object")   # as left by an earlier crash
-    assert native.build(native.PORTABLE_FLAGS).ew_abi_version() == native.ABI_VERSION   # rebuilt, loaded
+    assert native.build(native.PORTABLE_FLAGS).ew_features() == 0   # rebuilt, loaded
     assert damaged.read_bytes()[:4] == b"\x7fELF"
+
+
+def _decode(decoder, token, state, out, logits):
+    """ew_decode called directly, as a caller with a bug would, bypassing Decoder.step's checks."""
+    lib = decoder.lib
+    status = lib.ew_decode(ctypes.byref(decoder.model), token, ctypes.byref(native._state(state)),
+                           ctypes.byref(out), logits.ctypes.data, logits.size, 1)
+    return status, lib.ew_problem().decode()
+
+
+@pytest.mark.parametrize("flags", [native.FLAGS, native.PORTABLE_FLAGS], ids=["native", "portable"])
+def test_the_c_step_checks_its_own_inputs(checkpoints, flags):
+    model = RWKV.load(checkpoints["small"], quant="int4")
+    decoder = native.Decoder(model, native.build(flags))
+    state, out, logits = model.new_state(), model.new_state(), np.zeros(model.dims.vocab, np.float32)
+    assert _decode(decoder, 1, state, native._state(out), logits)[0] == 0
+    assert _decode(decoder, 320, state, native._state(out), logits) == (3, "token 320 is outside the vocabulary 0..319")
+    assert _decode(decoder, -1, state, native._state(out), logits)[0] == 3
+    small = native._state(out)
+    small.S_size -= 1
+    status, problem = _decode(decoder, 1, state, small, logits)
+    assert status == 4 and "state buffer" in problem
+    assert _decode(decoder, 1, state, native._state(out), logits[:-1])[0] == 4
+
+    layer = decoder.model.layer[1]
+    for field, value, problem in [("fk.rows", 64, "layer 1 fk: 64 x 128, expected 512 x 128"),
+                                  ("fk.data_bytes", 100, "layer 1 fk: data smaller than its shape"),
+                                  ("r.scale_count", 1, "layer 1 r: fewer scales than its shape"),
+                                  ("r.kind", 7, "layer 1 r: unknown kind"),
+                                  ("mix.size", 128, "layer 1 mix: vector smaller than the width"),
+                                  ("v1.rows", 0, "layer 1 v1: no rows")]:
+        part, name = field.split(".")
+        kept = getattr(getattr(layer, part), name)
+        setattr(getattr(layer, part), name, value)
+        try:
+            assert _decode(decoder, 1, state, native._state(out), logits) == (2, problem)
+            with pytest.raises(ValueError, match=problem):
+                decoder.step(1, state, out)
+        finally:
+            setattr(getattr(layer, part), name, kept)
+    for field, value in [("heads", 3), ("ffn", 10**9), ("vocab", 10**6), ("head_size", 2048)]:
+        kept = getattr(decoder.model, field)
+        setattr(decoder.model, field, value)
+        try:
+            assert _decode(decoder, 1, state, native._state(out), logits)[0] == 2
+        finally:
+            setattr(decoder.model, field, kept)
+    assert _decode(decoder, 1, state, native._state(out), logits)[0] == 0   # all restored: it runs again
+
+
+def test_the_c_matmul_checks_its_buffers(checkpoints):
+    lib = native.build()
+    weight, keep = torch.randn(8, 64), []
+    matrix = native.dense(weight, keep)
+    x, y = torch.randn(3, 64), torch.empty(3, 8)
+    assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel(), 3, y.data_ptr(), y.numel(), 1) == 0
+    assert torch.allclose(y, x @ weight.T, atol=1e-5)
+    assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel() - 1, 3, y.data_ptr(), y.numel(), 1) == 4
+    assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel(), 3, y.data_ptr(), 23, 1) == 4
+    matrix.kind = native.INT4   # 8 x 64 int4 needs 256 bytes and 8 scales: no scales given
+    assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel(), 3, y.data_ptr(), y.numel(), 1) == 2
+    assert "fewer scales" in lib.ew_problem().decode()
+
+
+def test_a_build_whose_structs_differ_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))
+    layout = native.layout()
+    monkeypatch.setattr(native, "layout", lambda: layout[:-1] + [layout[-1] + 8])   # a field moved
+    with pytest.raises(native.CompileError, match="laid out unlike"):
+        native.build(native.PORTABLE_FLAGS)

@@ -18,7 +18,9 @@
  * converting nibbles to floats made int4 decode bound by arithmetic, not memory.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
@@ -34,27 +36,49 @@ enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
  * alone leaves int8/int4 decode short of the bandwidth (measured 7-14% faster at 4-16 KB). */
 #define PREFETCH 8192
 
+/* The structs Python fills (native.py mirrors them with ctypes); `ew_layout` reports their sizes
+ * and offsets so that a mismatch is caught at load, not by a version number. Every buffer comes
+ * with its size, and `model_problem` checks every one against the model's dimensions before a
+ * kernel runs: neither a bad file nor a caller's bug can make this code read or write past a
+ * buffer. */
 typedef struct {
     int32_t kind, rows, cols, unused;
     const void *data;
     const float *scale;
+    int64_t data_bytes, scale_count;
 } ew_matrix;
 
 typedef struct {
-    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
-    const float *mix;                        /* [6, C]: x_r x_w x_k x_v x_a x_g */
-    const float *w0, *a0, *v0, *k_k, *k_a, *r_k, *lnx_w, *lnx_b, *ffn_xk;
-    ew_matrix w1, w2, a1, a2, v1, v2, g1, g2; /* LoRA, [out, in]; v1.rows == 0 in layer 0 */
-    ew_matrix r, k, v, o, fk, fv;
+    const float *data;
+    int64_t size;
+} ew_vector;
+
+/* The fields of a layer, in order: each list is expanded into the struct, its layout and its checks. */
+#define EW_VECTORS(X) X(ln1_w) X(ln1_b) X(ln2_w) X(ln2_b) X(mix) X(w0) X(a0) X(v0) X(k_k) X(k_a) X(r_k) \
+                      X(lnx_w) X(lnx_b) X(ffn_xk)
+#define EW_LORAS(X) X(w1) X(w2) X(a1) X(a2) X(v1) X(v2) X(g1) X(g2)   /* [out, in]; v1.rows == 0 in layer 0 */
+#define EW_MATRICES(X) X(r) X(k) X(v) X(o) X(fk) X(fv)
+
+typedef struct {
+#define EW_VECTOR_FIELD(name) ew_vector name;   /* [C], except mix: [6, C] = x_r x_w x_k x_v x_a x_g */
+#define EW_MATRIX_FIELD(name) ew_matrix name;
+    EW_VECTORS(EW_VECTOR_FIELD)
+    EW_LORAS(EW_MATRIX_FIELD)
+    EW_MATRICES(EW_MATRIX_FIELD)
 } ew_layer;
 
 typedef struct {
     int32_t layers, width, heads, head_size, ffn, vocab;
     const ew_layer *layer;
     ew_matrix emb;                           /* [vocab, C], F32 or INT8: one row looked up */
-    const float *ln_out_w, *ln_out_b;
+    ew_vector ln_out_w, ln_out_b;
     ew_matrix head;
 } ew_model;
+
+typedef struct {  /* a recurrent state: att [L, C], ffn [L, C], S [L, H, N, N] */
+    float *att, *ffn, *S;
+    int64_t att_size, ffn_size, S_size;
+} ew_state;
 
 /* -- dot products: one output of a matrix-vector product ------------------------------- */
 
@@ -345,7 +369,8 @@ typedef struct {  /* per-token scratch, [C] each unless noted */
  * WKV state update and read-out, group norm, bonus, gate. Returns into s->y. */
 static void time_mix_head(const ew_layer *L, int layer, int h, int N, const float *S_in, float *S_out, scratch *sc) {
     int o = h * N;
-    const float *w0 = L->w0 + o, *a0 = L->a0 + o, *v0 = L->v0 + o, *k_k = L->k_k + o, *k_a = L->k_a + o, *r_k = L->r_k + o;
+    const float *w0 = L->w0.data + o, *a0 = L->a0.data + o, *v0 = L->v0.data + o, *k_k = L->k_k.data + o,
+                *k_a = L->k_a.data + o, *r_k = L->r_k.data + o;
     const float *lw = sc->lw + o, *la = sc->la + o, *lv = sc->lv + o, *r = sc->r + o, *g = sc->g + o;
     float *k = sc->k + o, *v = sc->v + o, *v_first = sc->v_first + o;
     float w[N], a[N], kk[N], b[N], y[N], norm = 0.f, bonus = 0.f;
@@ -412,12 +437,105 @@ static void time_mix_head(const ew_layer *L, int layer, int h, int N, const floa
     float mean, inv = moments(y, N, 64e-5f, &mean);   /* the group norm of this head */
 #pragma omp simd
     for (int i = 0; i < N; i++)
-        sc->y[o + i] = ((y[i] - mean) * inv * L->lnx_w[o + i] + L->lnx_b[o + i] + bonus * v[i]) * g[i];
+        sc->y[o + i] = ((y[i] - mean) * inv * L->lnx_w.data[o + i] + L->lnx_b.data[o + i] + bonus * v[i]) * g[i];
 }
 
 /* -- the step ---------------------------------------------------------------------------- */
 
-int ew_abi_version(void) { return 1; }
+/* -- checks: every size against the model, before any kernel runs ------------------------ */
+
+/* Dimensions past these are refused: they keep every product below in range and the per-thread
+ * buffers on the stack small. The largest released RWKV-7 is far inside them. */
+#define MAX_DIM (1 << 24)
+#define MAX_HEAD_SIZE 1024
+#define MAX_INT4_COLS (1 << 16)
+
+enum { OK = 0, OUT_OF_MEMORY = 1, BAD_MODEL = 2, BAD_TOKEN = 3, SMALL_BUFFER = 4 };
+
+static _Thread_local char problem_text[200];
+
+static int refuse(const char *what, int layer, const char *detail) {
+    if (layer >= 0) snprintf(problem_text, sizeof problem_text, "layer %d %s: %s", layer, what, detail);
+    else snprintf(problem_text, sizeof problem_text, "%s: %s", what, detail);
+    return BAD_MODEL;
+}
+
+/* A matrix of `rows` x `cols` (-1: any) whose buffers hold what its kind needs. */
+static int check_matrix(const ew_matrix *m, int64_t rows, int64_t cols, const char *what, int layer) {
+    char detail[96];
+    if (m->kind < F32 || m->kind > INT4) return refuse(what, layer, "unknown kind");
+    if (m->rows < 0 || m->cols < 0 || m->rows > MAX_DIM || m->cols > MAX_DIM) return refuse(what, layer, "bad shape");
+    if ((rows >= 0 && m->rows != rows) || (cols >= 0 && m->cols != cols)) {
+        snprintf(detail, sizeof detail, "%d x %d, expected %lld x %lld", m->rows, m->cols, (long long)rows, (long long)cols);
+        return refuse(what, layer, detail);
+    }
+    int64_t count = (int64_t)m->rows * m->cols, scales = 0, bytes = count * 4;
+    if (m->kind == BF16) bytes = count * 2;
+    if (m->kind == INT8) bytes = count, scales = m->rows;
+    if (m->kind == INT4) {
+        if (m->cols % GROUP || m->cols > MAX_INT4_COLS) return refuse(what, layer, "int4 inputs must be whole groups of 64");
+        bytes = count / 2, scales = count / GROUP;
+    }
+    if (count && (!m->data || m->data_bytes < bytes)) return refuse(what, layer, "data smaller than its shape");
+    if (scales && (!m->scale || m->scale_count < scales)) return refuse(what, layer, "fewer scales than its shape");
+    return OK;
+}
+
+static int check_vector(const ew_vector *v, int64_t size, const char *what, int layer) {
+    return v->data && v->size >= size ? OK : refuse(what, layer, "vector smaller than the width");
+}
+
+static int check_layer(const ew_model *m, int i) {
+    const ew_layer *L = &m->layer[i];
+    int64_t C = m->width, F = m->ffn;
+    int status = OK;
+#define EW_CHECK_VECTOR(name) if (!status) status = check_vector(&L->name, C, #name, i);
+    EW_VECTORS(EW_CHECK_VECTOR)
+    if (!status) status = check_vector(&L->mix, 6 * C, "mix", i);
+    const ew_matrix *big[] = {&L->r, &L->k, &L->v, &L->o, &L->fk, &L->fv};
+    const char *names[] = {"r", "k", "v", "o", "fk", "fv"};
+    int64_t shapes[][2] = {{C, C}, {C, C}, {C, C}, {C, C}, {F, C}, {C, F}};
+    for (int j = 0; j < 6 && !status; j++) status = check_matrix(big[j], shapes[j][0], shapes[j][1], names[j], i);
+    const ew_matrix *down[] = {&L->w1, &L->a1, &L->v1, &L->g1}, *up[] = {&L->w2, &L->a2, &L->v2, &L->g2};
+    const char *lora[] = {"w1", "a1", "v1", "g1", "w2", "a2", "v2", "g2"};
+    for (int j = 0; j < 4 && !status; j++) {   /* x [C] -> [rank] -> [C]; layer 0 has no v LoRA, the others must */
+        int none = j == 2 && i == 0;
+        status = check_matrix(down[j], none ? 0 : -1, none ? 0 : C, lora[j], i);
+        if (!status && !none && down[j]->rows == 0) status = refuse(lora[j], i, "no rows");
+        if (!status) status = check_matrix(up[j], none ? 0 : C, down[j]->rows, lora[4 + j], i);
+    }
+    return status;
+}
+
+static int check_model(const ew_model *m) {
+    if (!m || !m->layer) return refuse("model", -1, "no layers");
+    int32_t dims[] = {m->layers, m->width, m->heads, m->head_size, m->ffn, m->vocab};
+    for (int j = 0; j < 6; j++)
+        if (dims[j] < 1 || dims[j] > MAX_DIM) return refuse("model", -1, "a dimension is out of range");
+    if (m->head_size > MAX_HEAD_SIZE || (int64_t)m->heads * m->head_size != m->width)
+        return refuse("model", -1, "heads x head size is not the width");
+    int status = check_matrix(&m->emb, m->vocab, m->width, "emb", -1);
+    if (!status && m->emb.kind != F32 && m->emb.kind != INT8) status = refuse("emb", -1, "must be fp32 or int8");
+    if (!status) status = check_matrix(&m->head, m->vocab, m->width, "head", -1);
+    if (!status) status = check_vector(&m->ln_out_w, m->width, "ln_out_w", -1);
+    if (!status) status = check_vector(&m->ln_out_b, m->width, "ln_out_b", -1);
+    for (int i = 0; i < m->layers && !status; i++) status = check_layer(m, i);
+    return status;
+}
+
+static int check_state(const ew_model *m, const ew_state *s) {
+    int64_t LC = (int64_t)m->layers * m->width, S = LC * m->head_size;   /* L * H * N * N = L * C * N */
+    if (!s || !s->att || !s->ffn || !s->S || s->att_size < LC || s->ffn_size < LC || s->S_size < S) {
+        snprintf(problem_text, sizeof problem_text, "a state buffer is smaller than the model's state");
+        return SMALL_BUFFER;
+    }
+    return OK;
+}
+
+/* -- the step ---------------------------------------------------------------------------- */
+
+/* What the last call that failed on this thread found wrong, for the caller's error message */
+const char *ew_problem(void) { return problem_text; }
 
 /* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI */
 int ew_features(void) {
@@ -431,21 +549,66 @@ int ew_features(void) {
     return features;
 }
 
+/* The layout of the shared structs: their sizes, then the offset of every field in order. Fills
+ * at most `n` values and returns how many there are. */
+int64_t ew_layout(int64_t *out, int64_t n) {
+    int64_t values[] = {
+        sizeof(ew_matrix), sizeof(ew_vector), sizeof(ew_layer), sizeof(ew_model), sizeof(ew_state),
+        offsetof(ew_matrix, kind), offsetof(ew_matrix, rows), offsetof(ew_matrix, cols), offsetof(ew_matrix, unused),
+        offsetof(ew_matrix, data), offsetof(ew_matrix, scale), offsetof(ew_matrix, data_bytes),
+        offsetof(ew_matrix, scale_count), offsetof(ew_vector, data), offsetof(ew_vector, size),
+#define EW_LAYER_OFFSET(name) offsetof(ew_layer, name),
+        EW_VECTORS(EW_LAYER_OFFSET) EW_LORAS(EW_LAYER_OFFSET) EW_MATRICES(EW_LAYER_OFFSET)
+        offsetof(ew_model, layers), offsetof(ew_model, width), offsetof(ew_model, heads), offsetof(ew_model, head_size),
+        offsetof(ew_model, ffn), offsetof(ew_model, vocab), offsetof(ew_model, layer), offsetof(ew_model, emb),
+        offsetof(ew_model, ln_out_w), offsetof(ew_model, ln_out_b), offsetof(ew_model, head),
+        offsetof(ew_state, att), offsetof(ew_state, ffn), offsetof(ew_state, S), offsetof(ew_state, att_size),
+        offsetof(ew_state, ffn_size), offsetof(ew_state, S_size),
+    };
+    int64_t count = sizeof values / sizeof *values;
+    for (int64_t j = 0; j < count && j < n; j++) out[j] = values[j];
+    return count;
+}
+
+/* 0 when `m` is a model every kernel here can run; else a status, explained by ew_problem(). */
+int ew_check(const ew_model *m) { return check_model(m); }
+
 /* y [T, rows] = x [T, cols] W^T for a few rows of x (a short prompt, or the head after a
- * prefill): the same kernels as decode. */
-int ew_matmul(const ew_matrix *m, const float *x, int64_t T, float *y, int threads) {
+ * prefill): the same kernels as decode. x holds x_size floats, y y_size. */
+int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, float *y, int64_t y_size, int threads) {
+    int status = check_matrix(m, -1, -1, "matrix", -1);
+    if (status) return status;
+    if (T < 0 || !x || !y || x_size / (m->cols ? m->cols : 1) < T || y_size / (m->rows ? m->rows : 1) < T) {
+        snprintf(problem_text, sizeof problem_text, "x or y is smaller than %lld rows", (long long)T);
+        return SMALL_BUFFER;
+    }
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     for (int64_t t = 0; t < T; t++) {
         job one = {m, x + t * m->cols, y + t * m->rows, NONE};
         run_jobs(&one, 1);
     }
-    return 0;
+    return OK;
 }
 
-/* Decode `token`: read the state (att_prev [L, C], ffn_prev [L, C], S [L, H, N, N]) from
- * *_in, write the next state to *_out (may be the same buffers) and the logits [vocab]. */
-int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float *ffn_in, const float *S_in,
-              float *att_out, float *ffn_out, float *S_out, float *logits, int threads) {
+/* Decode `token`: read the state from `in`, write the next state to `out` (may be the same
+ * buffers) and the logits [vocab] to `logits` (logits_size floats). 0, or a status that
+ * ew_problem() explains: nothing is written unless every size checks out. */
+int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *out, float *logits, int64_t logits_size,
+              int threads) {
+    int status = check_model(m);
+    if (!status) status = check_state(m, in);
+    if (!status) status = check_state(m, out);
+    if (status) return status;
+    if (token < 0 || token >= m->vocab) {
+        snprintf(problem_text, sizeof problem_text, "token %lld is outside the vocabulary 0..%d", (long long)token, m->vocab - 1);
+        return BAD_TOKEN;
+    }
+    if (!logits || logits_size < m->vocab) {
+        snprintf(problem_text, sizeof problem_text, "the logits buffer is smaller than the vocabulary");
+        return SMALL_BUFFER;
+    }
+    const float *att_in = in->att, *ffn_in = in->ffn, *S_in = in->S;
+    float *att_out = out->att, *ffn_out = out->ffn, *S_out = out->S;
     int C = m->width, F = m->ffn, H = m->heads, N = m->head_size, rank = 0;
     for (int i = 0; i < m->layers; i++) {
         const ew_layer *L = &m->layer[i];
@@ -453,7 +616,7 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
         for (int j = 0; j < 4; j++) rank = ranks[j] > rank ? ranks[j] : rank;
     }
     float *buffer = calloc((size_t)C * 19 + F + 4 * (size_t)rank, sizeof(float));
-    if (!buffer) return 1;
+    if (!buffer) return OUT_OF_MEMORY;
     scratch s;
     float *p = buffer;
     float **fields[] = {&s.x, &s.dx, &s.xa, &s.r, &s.k, &s.v, &s.v_first, &s.lw, &s.la, &s.lv, &s.g, &s.y};
@@ -479,8 +642,8 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
             {
                 if (i > 0)
                     for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
-                layer_norm(s.x, L->ln1_w, L->ln1_b, s.xa, C, 1e-5f);
-                token_shift(s.xa, att_in + (size_t)i * C, att_out + (size_t)i * C, L->mix, 6, C, s.mixed);
+                layer_norm(s.x, L->ln1_w.data, L->ln1_b.data, s.xa, C, 1e-5f);
+                token_shift(s.xa, att_in + (size_t)i * C, att_out + (size_t)i * C, L->mix.data, 6, C, s.mixed);
             }
 #pragma omp barrier
             const float *xr = s.mixed, *xw = s.mixed + C, *xk = s.mixed + 2 * C, *xv = s.mixed + 3 * C,
@@ -500,8 +663,8 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
 #pragma omp master
             {
                 for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
-                layer_norm(s.x, L->ln2_w, L->ln2_b, s.xa, C, 1e-5f);
-                token_shift(s.xa, ffn_in + (size_t)i * C, ffn_out + (size_t)i * C, L->ffn_xk, 1, C, s.mixed);
+                layer_norm(s.x, L->ln2_w.data, L->ln2_b.data, s.xa, C, 1e-5f);
+                token_shift(s.xa, ffn_in + (size_t)i * C, ffn_out + (size_t)i * C, L->ffn_xk.data, 1, C, s.mixed);
             }
 #pragma omp barrier
             job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};
@@ -512,12 +675,12 @@ int ew_decode(const ew_model *m, int64_t token, const float *att_in, const float
 #pragma omp master
         {
             for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
-            layer_norm(s.x, m->ln_out_w, m->ln_out_b, s.xa, C, 1e-5f);
+            layer_norm(s.x, m->ln_out_w.data, m->ln_out_b.data, s.xa, C, 1e-5f);
         }
 #pragma omp barrier
         job head[] = {{&m->head, s.xa, logits, NONE}};
         run_jobs(head, 1);
     }
     free(buffer);
-    return 0;
+    return OK;
 }

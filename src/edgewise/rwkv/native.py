@@ -30,15 +30,24 @@ from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path, cache_dir
 
 SOURCE = Path(__file__).with_name("_decode.c")
-ABI_VERSION = 1
 F32, BF16, INT8, INT4 = 0, 1, 2, 3
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
 PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-DEW_SCALAR")
+# EDGEWISE_RWKV_SANITIZE=1 builds the kernels with AddressSanitizer and UBSan, every report fatal
+# (for the tests; the process needs LD_PRELOAD=$(gcc -print-file-name=libasan.so)).
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+if os.environ.get("EDGEWISE_RWKV_SANITIZE") == "1":
+    FLAGS, PORTABLE_FLAGS = FLAGS + SANITIZE_FLAGS, PORTABLE_FLAGS + SANITIZE_FLAGS
 
 
 class Matrix(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int32), ("rows", ctypes.c_int32), ("cols", ctypes.c_int32),
-                ("unused", ctypes.c_int32), ("data", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+                ("unused", ctypes.c_int32), ("data", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("data_bytes", ctypes.c_int64), ("scale_count", ctypes.c_int64)]
+
+
+class Vector(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_int64)]
 
 
 _VECTORS = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "mix", "w0", "a0", "v0", "k_k", "k_a", "r_k", "lnx_w", "lnx_b", "ffn_xk")
@@ -47,15 +56,28 @@ _BIG = ("r", "k", "v", "o", "fk", "fv")
 
 
 class Layer(ctypes.Structure):
-    _fields_ = ([(name, ctypes.c_void_p) for name in _VECTORS] + [(name, Matrix) for name in _LORAS]
+    _fields_ = ([(name, Vector) for name in _VECTORS] + [(name, Matrix) for name in _LORAS]
                 + [(name, Matrix) for name in _BIG])
 
 
 class Model(ctypes.Structure):
     _fields_ = [("layers", ctypes.c_int32), ("width", ctypes.c_int32), ("heads", ctypes.c_int32),
                 ("head_size", ctypes.c_int32), ("ffn", ctypes.c_int32), ("vocab", ctypes.c_int32),
-                ("layer", ctypes.POINTER(Layer)), ("emb", Matrix), ("ln_out_w", ctypes.c_void_p),
-                ("ln_out_b", ctypes.c_void_p), ("head", Matrix)]
+                ("layer", ctypes.POINTER(Layer)), ("emb", Matrix), ("ln_out_w", Vector),
+                ("ln_out_b", Vector), ("head", Matrix)]
+
+
+class State(ctypes.Structure):
+    _fields_ = [("att", ctypes.c_void_p), ("ffn", ctypes.c_void_p), ("S", ctypes.c_void_p),
+                ("att_size", ctypes.c_int64), ("ffn_size", ctypes.c_int64), ("S_size", ctypes.c_int64)]
+
+
+_STRUCTS = (Matrix, Vector, Layer, Model, State)
+
+
+def layout() -> list[int]:
+    """The sizes of the structs shared with C, then every field's offset: what `ew_layout` reports."""
+    return [ctypes.sizeof(s) for s in _STRUCTS] + [getattr(s, name).offset for s in _STRUCTS for name, _ in s._fields_]
 
 
 class CompileError(RuntimeError):
@@ -86,12 +108,27 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
             if attempt:
                 raise
             path.unlink(missing_ok=True)   # a damaged cached build: build it again, once
-    if lib.ew_abi_version() != ABI_VERSION:
-        raise CompileError(f"{path} is a stale build; delete it")
-    lib.ew_decode.restype = lib.ew_matmul.restype = ctypes.c_int
-    lib.ew_decode.argtypes = [ctypes.POINTER(Model), ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
-    lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.ew_layout.restype, lib.ew_layout.argtypes = ctypes.c_int64, [ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
+    expected = layout()
+    found = (ctypes.c_int64 * len(expected))()
+    if lib.ew_layout(found, len(expected)) != len(expected) or list(found) != expected:
+        raise CompileError(f"{path}: its structs are laid out unlike native.py's; delete it to rebuild")
+    lib.ew_problem.restype = ctypes.c_char_p
+    lib.ew_check.restype = lib.ew_decode.restype = lib.ew_matmul.restype = ctypes.c_int
+    lib.ew_check.argtypes = [ctypes.POINTER(Model)]
+    lib.ew_decode.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.POINTER(State), ctypes.POINTER(State),
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     return lib
+
+
+def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
+    """The C side refused its inputs (a caller's bug: Python checks files first) or ran out of memory."""
+    if status == 1:
+        raise MemoryError(f"{what}: out of memory for its scratch buffers")
+    if status:
+        raise ValueError(f"{what}: {lib.ew_problem().decode(errors='replace')}")
 
 
 def cached_build(cc: list[str], flags: tuple[str, ...]) -> Path:
@@ -171,21 +208,27 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
     """The C view of a quant.Matrix (fp32, int8 or int4); the tensors it points to go to `keep`."""
     if matrix.kind == "int8":
         return int8_rows(matrix.q, matrix.scale, keep)
     if matrix.kind == "int4":
-        keep += [matrix.packed_bytes, matrix.scale]
-        rows, half = matrix.packed_bytes.shape
-        return Matrix(INT4, rows, half * 2, 0, _ptr(matrix.packed_bytes), _ptr(matrix.scale))
+        packed, scale = matrix.packed_bytes.contiguous(), matrix.scale.float().contiguous()
+        keep += [packed, scale]
+        rows, half = packed.shape
+        return Matrix(INT4, rows, half * 2, 0, _ptr(packed), _ptr(scale), _bytes(packed), scale.numel())
     return dense(matrix.weight, keep)
 
 
 def int8_rows(q: torch.Tensor, scale: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
     """The C view of int8 rows q [rows, cols] with one fp32 scale per row."""
+    q, scale = q.contiguous(), scale.float().contiguous()
     keep += [q, scale]
-    return Matrix(INT8, *q.shape, 0, _ptr(q), _ptr(scale))
+    return Matrix(INT8, *q.shape, 0, _ptr(q), _ptr(scale), _bytes(q), scale.numel())
 
 
 def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
@@ -193,7 +236,7 @@ def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
     tensor = tensor.contiguous()
     keep.append(tensor)
     kind = {torch.float32: F32, torch.bfloat16: BF16}[tensor.dtype]
-    return Matrix(kind, tensor.shape[0], tensor.shape[1], 0, _ptr(tensor), None)
+    return Matrix(kind, tensor.shape[0], tensor.shape[1], 0, _ptr(tensor), None, _bytes(tensor), 0)
 
 
 def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +245,8 @@ def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"matmul: x must be [T, {matrix.cols}], got {list(x.shape)}")
     x = x.float().contiguous()
     y = torch.empty(x.shape[0], matrix.rows)
-    lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.shape[0], _ptr(y), torch.get_num_threads())
+    _raise_for(lib, lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.numel(), x.shape[0], _ptr(y), y.numel(),
+                                  torch.get_num_threads()), "matmul")
     return y
 
 
@@ -238,11 +282,12 @@ class Decoder:
                            self._vector(model.ln_out[0]), self._vector(model.ln_out[1]),
                            describe(model.head, self._keep))
         self._layers = layers
+        _raise_for(lib, lib.ew_check(ctypes.byref(self.model)), "RWKV decode")
 
-    def _vector(self, tensor: torch.Tensor) -> int:
+    def _vector(self, tensor: torch.Tensor) -> Vector:
         tensor = tensor.float().contiguous()
         self._keep.append(tensor)
-        return _ptr(tensor)
+        return Vector(_ptr(tensor), tensor.numel())
 
     def step(self, token: int, state, out=None) -> np.ndarray:
         """Logits after `token`; `state` (an RWKVState) is read and `out` (default: `state`)
@@ -260,9 +305,13 @@ class Decoder:
             raise ValueError("the state is shaped for another model")
         state = type(state)(*(t.float().contiguous() for t in (state.att_prev, state.ffn_prev, state.S)))
         logits = np.empty(self.vocab, dtype=np.float32)
-        status = self.lib.ew_decode(ctypes.byref(self.model), token, _ptr(state.att_prev), _ptr(state.ffn_prev),
-                                    _ptr(state.S), _ptr(out.att_prev), _ptr(out.ffn_prev), _ptr(out.S),
-                                    logits.ctypes.data, torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("RWKV decode: out of memory for its scratch buffers")
+        status = self.lib.ew_decode(ctypes.byref(self.model), token, ctypes.byref(_state(state)),
+                                    ctypes.byref(_state(out)), logits.ctypes.data, logits.size, torch.get_num_threads())
+        _raise_for(self.lib, status, "RWKV decode")
         return logits
+
+
+def _state(state) -> State:
+    """The C view of an RWKVState whose tensors are float32 and contiguous."""
+    tensors = (state.att_prev, state.ffn_prev, state.S)
+    return State(*(_ptr(t) for t in tensors), *(t.numel() for t in tensors))

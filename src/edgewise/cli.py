@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         # Without standalone mode, typer returns the code of a typer.Exit instead of raising it.
         code = app(args=argv, prog_name="edgewise", standalone_mode=False)
     except EdgewiseError as exc:
-        print(f"edgewise: error: {exc}", file=sys.stderr)
+        print(f"edgewise: error: {' '.join(str(exc).split())}", file=sys.stderr)   # one line, whatever it quotes
         return 2
     except TyperException as exc:  # bad flags and values, from typer's own parser
         if type(exc).__name__ == "NoArgsIsHelpError":

@@ -117,15 +117,13 @@ def load_onnx_task(model: str | Path, data: str | Path, max_calibration: int = 3
     count = num_samples(inputs)
     if count < 4:
         raise EdgewiseError(f"{data}: {count} samples; give at least 4 (half calibrate, half evaluate)")
-    if labels is not None and len(labels) != count:
-        raise EdgewiseError(f"{data}: {count} input samples but {len(labels)} labels; give one label per sample")
-    try:  # the model runs once on the first sample: dtypes, arity and shapes fail now, in one line
-        sess.run(None, onnx_runtime.feed(sess, take(inputs, slice(0, 1))))
-    except EdgewiseError:
-        raise
-    except Exception as exc:
-        raise EdgewiseError(f"{model.name} fails on the first sample of {data.name} "
-                            f"({' '.join(str(exc).split())[:160]}); check the arrays' shapes against the model's inputs") from None
+    if labels is not None and (labels.ndim == 0 or len(labels) != count):
+        raise EdgewiseError(f"{data}: {count} input samples but {len(labels) if labels.ndim else 'a scalar as'} labels; "
+                            "give one label per sample")
+    # the model runs once on the first sample: dtypes, arity and shapes fail now, in one line
+    onnx_runtime.run_once(sess, take(inputs, slice(0, 1)),
+                          f"{model.name} fails on the first sample of {data.name}; check the arrays' shapes "
+                          "against the model's inputs")
     split = min(count // 2, max_calibration)
     evaluation = take(inputs, slice(split, None))
     return Task(model, calibration=(take(inputs, slice(0, split)),),

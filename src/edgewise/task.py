@@ -131,6 +131,10 @@ class Task:
         return self._reference[batch_size]
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
 def load_task_file(spec: str) -> Task:
     """Load a user's Task from `path/to/file.py:name` (a Task, or a function returning one)."""
     path_text, sep, attr = spec.rpartition(":")
@@ -148,7 +152,7 @@ def load_task_file(spec: str) -> Task:
     except EdgewiseError:
         raise
     except Exception as exc:
-        raise EdgewiseError(f"--task {spec!r}: {path} failed to import: {type(exc).__name__}: {exc}") from None
+        raise EdgewiseError(f"--task {spec!r}: {path} failed to import: {type(exc).__name__}: {_one_line(exc)}") from None
     if not hasattr(module, attr):
         raise EdgewiseError(f"--task {spec!r}: {path} defines no {attr!r}")
     task = getattr(module, attr)
@@ -158,7 +162,7 @@ def load_task_file(spec: str) -> Task:
         except EdgewiseError:
             raise
         except Exception as exc:
-            raise EdgewiseError(f"--task {spec!r}: {attr}() failed: {type(exc).__name__}: {exc}; it must build the "
+            raise EdgewiseError(f"--task {spec!r}: {attr}() failed: {type(exc).__name__}: {_one_line(exc)}; it must build the "
                                 "Task with no arguments") from None
     if not isinstance(task, Task):
         raise EdgewiseError(f"--task {spec!r}: {attr} is a {type(task).__name__}, expected an edgewise.Task")

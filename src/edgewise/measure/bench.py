@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from edgewise.errors import EdgewiseError
 from edgewise.measure import energy as energy_lib
 from edgewise.measure.latency import Percentiles, Timing, interleaved
 from edgewise.measure.memory import peak_rss_mb
@@ -77,6 +78,9 @@ class BenchResult:
                       "metric": MetricValue(**metric) if metric else None})
 
 
+MAX_SYNTHETIC_VALUES = 1 << 28   # 1 GiB of fp32 per input
+
+
 def synthetic_inputs(sess: ort.InferenceSession, batch: int, sequence: int = 128, seed: int = 0) -> dict:
     """Inputs shaped from the model's signature when no data is known: normal floats, small ints,
     all-ones masks; symbolic dimensions after the first take `sequence`."""
@@ -85,6 +89,9 @@ def synthetic_inputs(sess: ort.InferenceSession, batch: int, sequence: int = 128
     for spec in sess.get_inputs():
         shape = [batch if i == 0 else (d if isinstance(d, int) and d > 0 else sequence)
                  for i, d in enumerate(spec.shape)]
+        if np.prod(shape, dtype=np.float64) > MAX_SYNTHETIC_VALUES:
+            raise EdgewiseError(f"input {spec.name} declares shape {spec.shape}: too large to make up inputs for; "
+                                "give data with --example NAME or --task FILE:NAME")
         if "int" in spec.type:
             dtype = np.int64 if "int64" in spec.type else np.int32
             feed[spec.name] = (np.ones(shape, dtype) if "mask" in spec.name.lower()
@@ -101,12 +108,13 @@ def bench(targets: list[BenchTarget], settings: BenchSettings | None = None) -> 
     """
     settings = settings or BenchSettings()
     sessions = [onnx_runtime.session(t.path, settings.threads) for t in targets]
+    for target, sess in zip(targets, sessions):   # a model that cannot run fails here, in one line
+        _checked_feed(target, sess, 1)
     metrics = [_metric(t, s) for t, s in zip(targets, sessions)]
     meter = energy_lib.rapl_meter()
     results = []
     for batch in settings.batch_sizes:
-        feeds = [onnx_runtime.feed(s, t.task.sample_input(batch)) if t.task else synthetic_inputs(s, batch)
-                 for t, s in zip(targets, sessions)]
+        feeds = [_checked_feed(t, s, batch) for t, s in zip(targets, sessions)]
         runners = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
         timings = interleaved(runners, warmup=settings.warmup, seconds=settings.seconds, meter=meter)
         for target, timing, feed, metric in zip(targets, timings, feeds, metrics):
@@ -114,6 +122,14 @@ def bench(targets: list[BenchTarget], settings: BenchSettings | None = None) -> 
                       else {"peak_rss_mb": None, "runtime_rss_mb": None})
             results.append(_result(target, batch, timing, memory, metric, settings))
     return results
+
+
+def _checked_feed(target: BenchTarget, sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """The inputs a target is timed on at `batch` (its task's samples, else made up from its
+    signature), after one run of the model on them."""
+    inputs = target.task.sample_input(batch) if target.task else synthetic_inputs(sess, batch)
+    return onnx_runtime.run_once(sess, inputs, f"{target.name} fails on {'its task' if target.task else 'made-up'} "
+                                               f"inputs at batch {batch}; check the model's declared inputs")
 
 
 def _metric(target: BenchTarget, sess: ort.InferenceSession) -> MetricValue | None:

@@ -141,6 +141,20 @@ def feed(sess: ort.InferenceSession, inputs: Inputs) -> dict[str, np.ndarray]:
     return {s.name: np.ascontiguousarray(a, dtype=_ORT_TYPES.get(s.type, None)) for s, a in zip(specs, arrays)}
 
 
+def run_once(sess: ort.InferenceSession, inputs: Inputs, failure: str) -> dict[str, np.ndarray]:
+    """The session's feed of `inputs`, after one run of the model on it: where that fails (shapes,
+    types, a broken graph), one line, `failure` followed by the reason, instead of a traceback
+    mid-measurement."""
+    try:
+        batch = feed(sess, inputs)
+        sess.run(None, batch)
+    except EdgewiseError:
+        raise
+    except Exception as exc:
+        raise EdgewiseError(f"{failure} ({' '.join(str(exc).split())[:160]})") from None
+    return batch
+
+
 def predict(sess: ort.InferenceSession, inputs: Inputs, batch_size: int = 64) -> np.ndarray:
     """The first output of the session on `inputs`, batched."""
     outputs = []

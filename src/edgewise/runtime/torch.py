@@ -58,6 +58,10 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:120]
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file or a `.pt`/`.pth` state dict, never executing code.
 
@@ -73,8 +77,12 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for bad headers
-            raise EdgewiseError(f"{path}: not a valid safetensors file ({exc}); re-save it") from None
-    zipped = zipfile.is_zipfile(path)
+            raise EdgewiseError(f"{path}: not a valid safetensors file ({_first_line(exc)}); re-save it") from None
+    try:
+        zipped = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:   # is_zipfile itself raises on some damaged end records
+        raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)}); "
+                            "re-save it with torch.save(model.state_dict(), path)") from None
     with open(path, "rb") as f:
         if not zipped and f.read(1) != b"\x80":   # neither torch's zip format nor a pickle
             raise EdgewiseError(f"{path}: not a readable PyTorch weights file (neither torch's zip format nor a "
@@ -90,8 +98,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise EdgewiseError(
             f"{path}: refused to unpickle it, it holds more than weights ({reason}); "
             "save a state_dict (torch.save(model.state_dict(), path)) or a .safetensors file") from None
-    except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, TypeError) as exc:  # corrupt data
-        raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]}); "
+    except Exception as exc:  # corrupt data fails in zipfile, the restricted unpickler or torch, each its own way
+        raise EdgewiseError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)}); "
                             "re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]

@@ -42,7 +42,8 @@ def version_of(weights: dict) -> str:
 
 
 def dims_of(weights: dict, path: str | Path = "checkpoint") -> Dims:
-    """Dimensions from shapes, after checking the version and every tensor's shape."""
+    """Dimensions from shapes, after checking the version and every tensor's shape (reshaped in
+    place to its canonical shape)."""
     version = version_of(weights)
     if version == "not RWKV":
         raise EdgewiseError(f"{path}: not an RWKV checkpoint (no emb.weight/head.weight); give an RWKV-7 .pth")
@@ -73,29 +74,34 @@ def _shape(weights: dict, key: str, path, ndim: int | None = None) -> tuple[int,
 
 
 def _check_shapes(weights: dict, dims: Dims, path) -> None:
+    """Check every tensor the runtime reads against `dims`, and reshape it in place to its
+    canonical shape (released checkpoints store vectors as [1, 1, C])."""
     C, V, F = dims.width, dims.vocab, dims.ffn
     expected = {"emb.weight": (V, C), "head.weight": (V, C), "ln_out.weight": (C,), "ln_out.bias": (C,),
                 "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
     for i in range(dims.layers):
         b = f"blocks.{i}."
-        expected.update({b + "ln1.weight": (C,), b + "ln2.weight": (C,), b + "att.ln_x.weight": (C,),
-                         b + "att.receptance.weight": (C, C), b + "att.key.weight": (C, C),
+        expected.update({b + "att.receptance.weight": (C, C), b + "att.key.weight": (C, C),
                          b + "att.value.weight": (C, C), b + "att.output.weight": (C, C),
                          b + "ffn.key.weight": (F, C), b + "ffn.value.weight": (C, F),
                          b + "att.r_k": (dims.heads, dims.head_size)})
-        for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
-            expected[b + "att." + name] = (C,)
-        expected[b + "ffn.x_k"] = (C,)
+        for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.ln_x.weight", "att.ln_x.bias",
+                     "att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g", "att.w0", "att.a0",
+                     "att.k_k", "att.k_a", "ffn.x_k") + (("att.v0",) if i > 0 else ()):
+            expected[b + name] = (C,)
         for lora in ("w", "a", "g") + (("v",) if i > 0 else ()):
             rank = _shape(weights, f"{b}att.{lora}1", path, ndim=2)[1]
+            if not 0 < rank <= C:
+                raise EdgewiseError(f"{path}: {b}att.{lora}1 has rank {rank}; the file is damaged")
             expected[f"{b}att.{lora}1"] = (C, rank)
             expected[f"{b}att.{lora}2"] = (rank, C)
-        if i > 0:
-            expected[b + "att.v0"] = (C,)
     for key, shape in expected.items():
         got = tuple(_shape(weights, key, path))
         if tuple(d for d in got if d != 1) != tuple(d for d in shape if d != 1):
             raise EdgewiseError(f"{path}: {key} has shape {list(got)}, expected {list(shape)}; the file is damaged")
+        if not weights[key].is_floating_point():
+            raise EdgewiseError(f"{path}: {key} holds {weights[key].dtype}, not floating point; the file is damaged")
+        weights[key] = weights[key].reshape(shape)
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], Dims]:

@@ -34,6 +34,13 @@ _SMALL = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.w0", "att.w1"
           "att.ln_x.weight", "att.ln_x.bias", "ffn.x_k") + tuple(f"att.{m}" for m in _MIX)
 
 
+
+def _small(layer: int) -> tuple[str, ...]:
+    """The small tensors a layer reads: layer 0 mixes no v_first, so the v LoRA some checkpoints
+    carry there (unchecked dummies) is left out."""
+    return _SMALL if layer else tuple(n for n in _SMALL if n not in ("att.v0", "att.v1", "att.v2"))
+
+
 @dataclass
 class _Layer:
     p: dict[str, torch.Tensor]      # small fp32 tensors, [C] or LoRA [C, D] / [D, C]
@@ -105,8 +112,8 @@ class RWKV:
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
-            p = {name: weights[b + name].float().reshape(-1) if weights[b + name].dim() != 2 or name == "att.r_k"
-                 else weights[b + name].float() for name in _SMALL if b + name in weights}
+            p = {name: weights[b + name].float() for name in _small(i) if b + name in weights}   # checked shapes
+            p["att.r_k"] = p["att.r_k"].reshape(-1)   # [H, N] -> [C], as converted files store it
             matrices = {name: quantize(weights[b + name], quant) for name in MATRICES}
             layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices,
                                  lora_dtype=torch.bfloat16 if quant else torch.float32))
@@ -128,7 +135,7 @@ class RWKV:
         layers = []
         for i in range(dims.layers):
             b = f"blocks.{i}."
-            p = {name: tensors[b + name] for name in _SMALL if b + name in tensors}
+            p = {name: tensors[b + name] for name in _small(i) if b + name in tensors}
             matrices = {name: from_tensors(tensors, b + name) for name in MATRICES}
             layers.append(_Layer(p, torch.stack([p[f"att.{m}"] for m in _MIX])[:, None, :], matrices,
                                  lora_dtype=torch.bfloat16 if stored else torch.float32))

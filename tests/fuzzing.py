@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PER_INPUT_SECONDS = 60
+PER_INPUT_SECONDS = float(os.environ.get("EDGEWISE_FUZZ_INPUT_SECONDS", 60))
 INTERESTING_INTS = [0, 1, -1, 2, 3, 7, 8, 63, 64, 65, 127, 128, 255, 256, 320, 4096, 65535, 65536, 2**31 - 1, -2**31,
                     2**32, 2**40, 2**63 - 1]
 
@@ -66,9 +66,9 @@ def make_seeds(folder: Path) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
+    from edgewise.runtime import onnx as onnx_runtime
     from edgewise.rwkv import RWKV
     from edgewise.rwkv.synthetic import random_checkpoint
-    from edgewise.runtime import onnx as onnx_runtime
 
     folder.mkdir(parents=True, exist_ok=True)
     seeds = {"task.py": folder / "task.py"}
@@ -405,6 +405,34 @@ def _targets(seeds: dict[str, Path], work: Path) -> dict[str, tuple[str, Callabl
     }
 
 
+def _canary(path: Path) -> str:
+    """A target that fails every way the harness must catch (its self-test), chosen by the
+    mutant's checksum: a crash, a hang, a traceback, a multi-line error, or success."""
+    import zlib
+
+    from edgewise.errors import EdgewiseError
+
+    way = zlib.crc32(path.read_bytes()) % 8
+    if way == 0:
+        os.abort()
+    if way == 1:
+        time.sleep(10**6)
+    if way in (2, 3):
+        raise KeyError("a traceback")
+    if way in (4, 5):
+        return _api(lambda: (_ for _ in ()).throw(EdgewiseError("two\nlines")))
+    return "ok"
+
+
+def _chosen(targets: dict, seeds: dict[str, Path]) -> dict:
+    """EDGEWISE_FUZZ_TARGETS="a,b" keeps the targets whose names contain a or b; "canary" is the
+    harness's self-test."""
+    wanted = [w for w in os.environ.get("EDGEWISE_FUZZ_TARGETS", "").split(",") if w]
+    if wanted == ["canary"]:
+        return {"canary": ("task.py", mutate_bytes, _canary)}
+    return {name: t for name, t in targets.items() if not wanted or any(w in name for w in wanted)}
+
+
 def _cache(function):
     value = []
 
@@ -418,7 +446,8 @@ def _cache(function):
 # -- the loop (child) and its supervisor (parent) ------------------------------------------------
 
 def child(workdir: Path, seed: int, seconds: float, start: int) -> None:
-    """Run mutants until `seconds` pass; print one JSON line of counts and findings."""
+    """Run mutants from input number `start` until `seconds` pass, one line per input appended to
+    <workdir>/log.jsonl (so that a crash loses nothing but the input it crashed on)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -426,47 +455,46 @@ def child(workdir: Path, seed: int, seconds: float, start: int) -> None:
     cases = workdir / "cases"
     cases.mkdir(exist_ok=True)
     run_dir = workdir / "run"
-    targets = _targets(seeds, run_dir)
+    targets = _chosen(_targets(seeds, run_dir), seeds)
     names = sorted(targets)
     originals = {kind: path.read_bytes() for kind, path in seeds.items()}
-    counts: Counter = Counter()
-    findings = []
     deadline = time.monotonic() + seconds
     index = start
-    while time.monotonic() < deadline:
-        name = names[index % len(names)]
-        kind, mutate, run = targets[name]
-        rng = random.Random(f"{seed}:{index}")
-        data = originals[kind]
-        if index // len(names) % 16:   # every 16th round: the seed itself, which must run
-            for _ in range(rng.choice([1, 1, 2, 3])):
-                try:
-                    data = mutate(data, rng)
-                except Exception:   # a mutator that cannot parse its own output: bytes will do
-                    data = mutate_bytes(data, rng)
-        case = cases / f"{index}{Path(kind).suffix}"
-        case.write_bytes(data)
-        (workdir / "current.json").write_text(json.dumps({"index": index, "target": name, "case": str(case)}))
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir()
-        faulthandler.dump_traceback_later(PER_INPUT_SECONDS, exit=True)
-        try:
-            outcome = run(case)
-        except Finding as exc:
-            outcome, detail = "traceback", str(exc)
-        except BaseException as exc:   # noqa: BLE001 - every escape is a finding, even SystemExit
-            outcome, detail = "traceback", "".join(traceback.format_exception(exc))[-2000:]
-        finally:
-            faulthandler.cancel_dump_traceback_later()
-        if outcome not in ("ok", "refused"):
-            saved = _keep_finding(workdir, case, name)
-            findings.append({"target": name, "outcome": outcome, "case": str(saved), "detail": detail})
-        if not index // len(names) % 16 and outcome != "ok":
-            findings.append({"target": name, "outcome": "seed refused", "case": str(case), "detail": outcome})
-        counts[f"{name}|{outcome}"] += 1
-        case.unlink()
-        index += 1
-    print(json.dumps({"counts": dict(counts), "findings": findings, "next": index}))
+    with open(workdir / "log.jsonl", "a") as log:
+        while time.monotonic() < deadline:
+            name = names[index % len(names)]
+            kind, mutate, run = targets[name]
+            rng = random.Random(f"{seed}:{index}")
+            data, is_seed = originals[kind], index // len(names) % 16 == 0   # every 16th round: the seed itself
+            if not is_seed:
+                for _ in range(rng.choice([1, 1, 2, 3])):
+                    try:
+                        data = mutate(data, rng)
+                    except Exception:   # a mutator that cannot parse its own output: bytes will do
+                        data = mutate_bytes(data, rng)
+            case = cases / f"{index}{Path(kind).suffix}"
+            case.write_bytes(data)
+            (workdir / "current.json").write_text(json.dumps({"index": index, "target": name, "case": str(case)}))
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir()
+            record = {"index": index, "target": name}
+            faulthandler.dump_traceback_later(PER_INPUT_SECONDS, exit=True)
+            try:
+                record["outcome"] = run(case)
+            except Finding as exc:
+                record.update(outcome="traceback", detail=str(exc))
+            except BaseException as exc:   # noqa: BLE001 - every escape is a finding, even SystemExit
+                record.update(outcome="traceback", detail="".join(traceback.format_exception(exc))[-2000:])
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+            if record["outcome"] not in ("ok", "refused"):
+                record["case"] = str(_keep_finding(workdir, case, name))
+            elif is_seed and record["outcome"] != "ok":   # the harness's seeds must run
+                record.update(outcome="seed refused", case=str(_keep_finding(workdir, case, name)))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            case.unlink()
+            index += 1
 
 
 def _keep_finding(workdir: Path, case: Path, target: str) -> Path:
@@ -478,41 +506,42 @@ def _keep_finding(workdir: Path, case: Path, target: str) -> Path:
 
 
 def fuzz(workdir: Path, seconds: float, seed: int = 0) -> dict:
-    """Fuzz for `seconds` (in child processes, restarted after a crash or hang): counts per target
-    and outcome, findings, inputs run."""
+    """Fuzz for `seconds` (in child processes, a new one after a crash or hang): counts per target
+    and outcome, findings (with their inputs kept), inputs run."""
     workdir.mkdir(parents=True, exist_ok=True)
-    counts: Counter = Counter()
-    findings: list[dict] = []
-    index, started = 0, time.monotonic()
+    log, started = workdir / "log.jsonl", time.monotonic()
+    log.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    index = 0
     while (left := seconds - (time.monotonic() - started)) > 1:
         (workdir / "current.json").unlink(missing_ok=True)
         done = subprocess.run([sys.executable, "-m", "tests.fuzzing", "--child", "--workdir", str(workdir),
                                "--seed", str(seed), "--seconds", str(left), "--start", str(index)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=left + 300)
-        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-        if done.returncode == 0 and last.startswith("{"):
-            result = json.loads(last)
-            counts.update(result["counts"])
-            findings += result["findings"]
-            index = result["next"]
-            continue
         current = json.loads((workdir / "current.json").read_text()) if (workdir / "current.json").exists() else None
+        records = _records(log)
+        index = records[-1]["index"] + 1 if records else index
+        if done.returncode == 0:
+            continue
         if current is None or not Path(current["case"]).exists():   # the seeds or the harness, not an input
             raise RuntimeError(f"the fuzzing child failed outside an input: {done.stderr[-3000:]}")
-        hang = "Timeout (" in done.stderr
-        outcome = "hang" if hang else "crash"
-        saved = _keep_finding(workdir, Path(current["case"]), current["target"])
-        findings.append({"target": current["target"], "outcome": outcome, "case": str(saved),
-                         "detail": f"exit {done.returncode}: {done.stderr[-2000:]}"})
-        counts[f"{current['target']}|{outcome}"] += 1
+        outcome = "hang" if "Timeout (" in done.stderr else "crash"
+        with open(log, "a") as out:
+            out.write(json.dumps({"index": current["index"], "target": current["target"], "outcome": outcome,
+                                  "case": str(_keep_finding(workdir, Path(current["case"]), current["target"])),
+                                  "detail": f"exit {done.returncode}: {done.stderr[-2000:]}"}) + "\n")
         index = current["index"] + 1
+    records = _records(log)
     per_target: dict[str, Counter] = {}
-    for key, count in counts.items():
-        target, outcome = key.split("|")
-        per_target.setdefault(target, Counter())[outcome] += count
-    return {"inputs": sum(counts.values()), "seconds": round(time.monotonic() - started),
-            "per_target": {t: dict(c) for t, c in sorted(per_target.items())}, "findings": findings}
+    for record in records:
+        per_target.setdefault(record["target"], Counter())[record["outcome"]] += 1
+    return {"inputs": len(records), "seconds": round(time.monotonic() - started),
+            "per_target": {t: dict(c) for t, c in sorted(per_target.items())},
+            "findings": [r for r in records if r["outcome"] not in ("ok", "refused")]}
+
+
+def _records(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def replay(files: list[Path], workdir: Path) -> int:

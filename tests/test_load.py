@@ -31,6 +31,7 @@ def test_npz_with_labels_gives_accuracy_and_without_gives_fidelity(tmp_path, for
     ({"a": np.zeros((8, 6), np.float32), "b": np.zeros((8, 6), np.float32)}, "name the arrays after them"),
     ({"x": np.zeros((2, 6), np.float32)}, "2 samples; give at least 4"),
     ({"x": np.zeros((8, 6), np.float32), "y": np.zeros(5)}, "8 input samples but 5 labels"),
+    ({"x": np.zeros((8, 6), np.float32), "y": np.array(3)}, "8 input samples but a scalar as labels"),
     ({"x": np.zeros((8, 6, 1), np.float32)}, "foreign.onnx fails on the first sample of bad.npz"),   # wrong rank
     ({"x": np.array([["a"] * 6] * 8)}, "foreign.onnx fails on the first sample of bad.npz"),        # strings
 ])

@@ -60,6 +60,7 @@ def test_load_task_file_runs_a_users_factory(tmp_path):
     ("{dir}/ok.py:absent", "defines no 'absent'"),
     ("{dir}/ok.py:number", "is a int, expected an edgewise.Task"),
     ("{dir}/raises.py:task", "failed to import: ZeroDivisionError"),
+    ("{dir}/lines.py:task", "failed to import: ValueError: bad news$"),   # a message of two lines: one
     ("{dir}/ok.py:broken", r"broken\(\) failed: KeyError"),                     # a factory that raises
     ("{dir}/ok.py:needs_data", r"needs_data\(\) failed: TypeError.*no arguments"),  # or needs arguments
 ])
@@ -67,6 +68,7 @@ def test_malformed_task_specs_are_named(tmp_path, spec, message):
     (tmp_path / "ok.py").write_text("number = 3\n\ndef broken():\n    return {}['x']\n\n"
                                     "def needs_data(path):\n    return path\n")
     (tmp_path / "raises.py").write_text("1 / 0\n")
+    (tmp_path / "lines.py").write_text("raise ValueError('bad\\nnews')\n")
     with pytest.raises(EdgewiseError, match=message):
         load_task_file(spec.format(dir=tmp_path))
 

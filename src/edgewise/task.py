@@ -162,8 +162,8 @@ def load_task_file(spec: str) -> Task:
         except EdgewiseError:
             raise
         except Exception as exc:
-            raise EdgewiseError(f"--task {spec!r}: {attr}() failed: {type(exc).__name__}: {_one_line(exc)}; it must build the "
-                                "Task with no arguments") from None
+            raise EdgewiseError(f"--task {spec!r}: {attr}() failed: {type(exc).__name__}: {_one_line(exc)}; "
+                                "it must build the Task with no arguments") from None
     if not isinstance(task, Task):
         raise EdgewiseError(f"--task {spec!r}: {attr} is a {type(task).__name__}, expected an edgewise.Task")
     return task

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgewise.errors import EdgewiseError
 from edgewise.measure.bench import BenchSettings, BenchTarget, bench, synthetic_inputs
 from edgewise.measure.energy import rapl_meter
 from edgewise.measure.memory import peak_rss_mb
@@ -50,3 +51,15 @@ def test_synthetic_inputs_follow_the_signature(tmp_path):
     feed = synthetic_inputs(sess, batch=3, sequence=16)
     assert feed["input_ids"].shape == (3, 16) and feed["input_ids"].dtype == np.int64
     assert (feed["attention_mask"] == 1).all()
+
+
+@pytest.mark.parametrize("dim, message", [(0, "fails on made-up inputs at batch 1"),   # ORT refuses the feed
+                                          (1 << 40, "too large to make up inputs for")])
+def test_a_model_whose_declared_inputs_cannot_run_is_one_line(tmp_path, dim, message):
+    import onnx  # a model claiming input [batch, dim]: found by tests/fuzzing.py mid-bench
+    path = onnx_runtime.export(torch.nn.ReLU().eval(), np.zeros((1, 6), np.float32), tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = dim
+    onnx.save(model, str(path))
+    with pytest.raises(EdgewiseError, match=message):
+        bench([BenchTarget("m", path, None)], BenchSettings(seconds=0.1, warmup=1, threads=1))

@@ -62,3 +62,12 @@ def test_a_file_that_is_no_weights_is_named(tmp_path, content):
     (tmp_path / "x.pth").write_bytes(content)
     with pytest.raises(EdgewiseError, match="not a readable PyTorch weights file"):
         torch_runtime.load_weights(tmp_path / "x.pth")
+
+
+def test_a_zip_whose_end_record_spans_disks_is_named(tmp_path):
+    import struct  # zipfile.is_zipfile raises (not returns False) on this end record: found by tests/fuzzing.py
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 2)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0)
+    (tmp_path / "w.pt").write_bytes(b"\0" * 64 + locator + end)
+    with pytest.raises(EdgewiseError, match="not a readable PyTorch weights file .zipfiles that span multiple disks"):
+        torch_runtime.load_weights(tmp_path / "w.pt")

@@ -55,3 +55,30 @@ def test_safetensors_checkpoints_load(tmp_path, checkpoints):
     weights = torch.load(checkpoints["small"], weights_only=True)
     save_file(weights, str(tmp_path / "m.safetensors"))
     assert checkpoint.load(tmp_path / "m.safetensors")[1].layers == 2
+
+
+def test_vectors_of_any_singleton_shape_and_layer_0_dummies_load(tmp_path, checkpoints):
+    """Released files store vectors as [1, 1, C]; some carry v LoRA dummies in layer 0 that it never
+    reads. Mixed forms load and run (found by tests/fuzzing.py: they failed in torch.stack)."""
+    from edgewise.rwkv import RWKV
+
+    def mixed(w):
+        w["blocks.1.att.x_r"] = w["blocks.1.att.x_r"].reshape(1, 128)
+        w["blocks.1.att.x_k"] = w["blocks.1.att.x_k"].reshape(1, 1, 128)
+        w["blocks.0.att.v1"], w["blocks.0.att.v2"] = torch.zeros(128, 3), torch.zeros(3, 64)   # unused: any shape
+        w["blocks.0.att.v0"] = torch.zeros(5)
+
+    model = RWKV.load(_edited(tmp_path, checkpoints["small"], mixed))
+    logits, _ = model.forward([1, 2, 3], use_cache=False)
+    expected, _ = RWKV.load(checkpoints["small"]).forward([1, 2, 3], use_cache=False)
+    assert abs(logits - expected).max() < 1e-4
+
+
+def test_a_lora_of_rank_0_or_integer_vectors_are_named(tmp_path, checkpoints):
+    cases = [(lambda w: (w.__setitem__("blocks.1.att.w1", torch.zeros(128, 0)),
+                         w.__setitem__("blocks.1.att.w2", torch.zeros(0, 128))), "blocks.1.att.w1 has rank 0"),
+             (lambda w: w.__setitem__("blocks.0.ln1.bias", torch.zeros(128, dtype=torch.int64)),
+              "blocks.0.ln1.bias holds torch.int64, not floating point")]
+    for change, message in cases:
+        with pytest.raises(EdgewiseError, match=message):
+            checkpoint.load(_edited(tmp_path, checkpoints["small"], change))

@@ -73,3 +73,25 @@ def test_task_sources_are_exclusive():
         load_task(example="digits", onnx="m.onnx", data="d.npz")
     with pytest.raises(EdgewiseError, match="go together"):
         load_task(onnx="m.onnx")
+
+
+def test_an_npz_compressed_by_an_unknown_method_is_named(tmp_path, foreign_onnx):
+    """zipfile raises NotImplementedError for it (found by tests/fuzzing.py)."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 6), np.float32))
+    data = bytearray((tmp_path / "d.npz").read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):   # the method field of the local and the central header
+        at = data.find(header)
+        offset = 8 if header == b"PK\x03\x04" else 10
+        data[at + offset:at + offset + 2] = (99).to_bytes(2, "little")
+    (tmp_path / "d.npz").write_bytes(bytes(data))
+    with pytest.raises(EdgewiseError, match="d.npz: not a readable .npz.*compression method"):
+        load_onnx_task(foreign_onnx, tmp_path / "d.npz")
+
+
+def test_an_npz_member_that_is_no_array_is_named(tmp_path, foreign_onnx):
+    import zipfile   # np.load returns such a member as bytes (found by tests/fuzzing.py)
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 6), np.float32))
+    with zipfile.ZipFile(tmp_path / "d.npz", "a") as archive:
+        archive.writestr("y", b"not an array")
+    with pytest.raises(EdgewiseError, match="member 'y' is not a .npy array"):
+        load_onnx_task(foreign_onnx, tmp_path / "d.npz")

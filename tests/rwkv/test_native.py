@@ -163,6 +163,9 @@ def test_the_c_step_checks_its_own_inputs(checkpoints, flags):
             assert _decode(decoder, 1, state, native._state(out), logits)[0] == 2
         finally:
             setattr(decoder.model, field, kept)
+    layer.r.scale += 2   # a float read from an odd address
+    assert _decode(decoder, 1, state, native._state(out), logits) == (2, "layer 1 r: misaligned data")
+    layer.r.scale -= 2
     assert _decode(decoder, 1, state, native._state(out), logits)[0] == 0   # all restored: it runs again
 
 

@@ -75,9 +75,12 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
         try:
-            return load_file(str(path))
+            tensors = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise EdgewiseError(f"{path}: not a valid safetensors file ({_first_line(exc)}); re-save it") from None
+        # A header padded to an odd length leaves tensors at odd addresses; some kernels (torch's
+        # int8/int4 ones, the RWKV C step) silently misread those: copy them to aligned memory.
+        return {k: t.clone() if t.data_ptr() % t.element_size() else t for k, t in tensors.items()}
     try:
         zipped = zipfile.is_zipfile(path)
     except zipfile.BadZipFile as exc:   # is_zipfile itself raises on some damaged end records

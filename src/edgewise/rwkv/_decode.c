@@ -478,10 +478,13 @@ static int check_matrix(const ew_matrix *m, int64_t rows, int64_t cols, const ch
     }
     if (count && (!m->data || m->data_bytes < bytes)) return refuse(what, layer, "data smaller than its shape");
     if (scales && (!m->scale || m->scale_count < scales)) return refuse(what, layer, "fewer scales than its shape");
+    size_t align = m->kind == F32 ? 4 : m->kind == BF16 ? 2 : 1;
+    if ((uintptr_t)m->data % align || (uintptr_t)m->scale % 4) return refuse(what, layer, "misaligned data");
     return OK;
 }
 
 static int check_vector(const ew_vector *v, int64_t size, const char *what, int layer) {
+    if ((uintptr_t)v->data % 4) return refuse(what, layer, "misaligned data");
     return v->data && v->size >= size ? OK : refuse(what, layer, "vector smaller than the width");
 }
 
@@ -525,8 +528,9 @@ static int check_model(const ew_model *m) {
 
 static int check_state(const ew_model *m, const ew_state *s) {
     int64_t LC = (int64_t)m->layers * m->width, S = LC * m->head_size;   /* L * H * N * N = L * C * N */
-    if (!s || !s->att || !s->ffn || !s->S || s->att_size < LC || s->ffn_size < LC || s->S_size < S) {
-        snprintf(problem_text, sizeof problem_text, "a state buffer is smaller than the model's state");
+    if (!s || !s->att || !s->ffn || !s->S || s->att_size < LC || s->ffn_size < LC || s->S_size < S ||
+        ((uintptr_t)s->att | (uintptr_t)s->ffn | (uintptr_t)s->S) % 4) {
+        snprintf(problem_text, sizeof problem_text, "a state buffer is smaller than the model's state, or misaligned");
         return SMALL_BUFFER;
     }
     return OK;

@@ -208,6 +208,13 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, contiguous and aligned to its element size (a tensor read from a file at an odd offset
+    is not: C may not load a float from it)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % t.element_size() == 0 else t.clone()
+
+
 def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -217,7 +224,7 @@ def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
     if matrix.kind == "int8":
         return int8_rows(matrix.q, matrix.scale, keep)
     if matrix.kind == "int4":
-        packed, scale = matrix.packed_bytes.contiguous(), matrix.scale.float().contiguous()
+        packed, scale = _aligned(matrix.packed_bytes), _aligned(matrix.scale.float())
         keep += [packed, scale]
         rows, half = packed.shape
         return Matrix(INT4, rows, half * 2, 0, _ptr(packed), _ptr(scale), _bytes(packed), scale.numel())
@@ -226,14 +233,14 @@ def describe(matrix, keep: list[torch.Tensor]) -> Matrix:
 
 def int8_rows(q: torch.Tensor, scale: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
     """The C view of int8 rows q [rows, cols] with one fp32 scale per row."""
-    q, scale = q.contiguous(), scale.float().contiguous()
+    q, scale = _aligned(q), _aligned(scale.float())
     keep += [q, scale]
     return Matrix(INT8, *q.shape, 0, _ptr(q), _ptr(scale), _bytes(q), scale.numel())
 
 
 def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
-    """The C view of a contiguous fp32 or bf16 [rows, cols] tensor."""
-    tensor = tensor.contiguous()
+    """The C view of an fp32 or bf16 [rows, cols] tensor."""
+    tensor = _aligned(tensor)
     keep.append(tensor)
     kind = {torch.float32: F32, torch.bfloat16: BF16}[tensor.dtype]
     return Matrix(kind, tensor.shape[0], tensor.shape[1], 0, _ptr(tensor), None, _bytes(tensor), 0)
@@ -285,7 +292,7 @@ class Decoder:
         _raise_for(lib, lib.ew_check(ctypes.byref(self.model)), "RWKV decode")
 
     def _vector(self, tensor: torch.Tensor) -> Vector:
-        tensor = tensor.float().contiguous()
+        tensor = _aligned(tensor.float())
         self._keep.append(tensor)
         return Vector(_ptr(tensor), tensor.numel())
 
@@ -298,12 +305,12 @@ class Decoder:
             raise ValueError(f"token {token} is outside the vocabulary 0..{d.vocab - 1}")
         shapes = ((d.layers, d.width), (d.layers, d.width), (d.layers, d.heads, d.head_size, d.head_size))
         tensors = (out.att_prev, out.ffn_prev, out.S)
-        if any(tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous()
+        if any(tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() or t.data_ptr() % 4
                for t, shape in zip(tensors, shapes)):
             raise ValueError("the output state must be float32, contiguous and shaped for this model")
         if any(tuple(t.shape) != shape for t, shape in zip((state.att_prev, state.ffn_prev, state.S), shapes)):
             raise ValueError("the state is shaped for another model")
-        state = type(state)(*(t.float().contiguous() for t in (state.att_prev, state.ffn_prev, state.S)))
+        state = type(state)(*(_aligned(t.float()) for t in (state.att_prev, state.ffn_prev, state.S)))
         logits = np.empty(self.vocab, dtype=np.float32)
         status = self.lib.ew_decode(ctypes.byref(self.model), token, ctypes.byref(_state(state)),
                                     ctypes.byref(_state(out)), logits.ctypes.data, logits.size, torch.get_num_threads())

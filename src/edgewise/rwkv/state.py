@@ -59,7 +59,7 @@ class RWKVState:
             raise EdgewiseError(f"{path}: not a saved RWKV state ({str(exc)[:100]})") from None
         if set(tensors) != {"att_prev", "ffn_prev", "S"} or tensors["S"].dim() != 4:
             raise EdgewiseError(f"{path}: not a saved RWKV state (tensors {sorted(tensors)})")
-        return cls(tensors["att_prev"].float(), tensors["ffn_prev"].float(), tensors["S"].float())
+        return cls(*(tensors[k].float().clone() for k in ("att_prev", "ffn_prev", "S")))   # owned, aligned
 
     def check(self, layers: int, width: int, heads: int, head_size: int) -> None:
         if (tuple(self.S.shape) != (layers, heads, head_size, head_size) or tuple(self.att_prev.shape) != (layers, width)

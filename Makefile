@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgewise-installed
 
 .PHONY: setup demo test test-deps bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/edgewise/rwkv/_decode.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: the CPU wheel on this machine's disk, never a CUDA build from the index.

@@ -1,4 +1,7 @@
 import ctypes
+import os
+import platform
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,6 +14,12 @@ from edgewise.rwkv.quant import Int4Matrix, Int8Matrix
 from tests.rwkv.conftest import cosine, relative_error
 
 PROMPT = [1, 5, 77, 3, 42, 200, 7, 9]
+# Every kernel path this machine runs; under tests/rwkv/test_sanitizers.py, the sanitized build it made.
+PATHS = ["sanitized"] if os.environ.get("EDGEWISE_KERNELS_LIB") else native.runnable()
+
+
+def kernels(path):
+    return native.library() if path == "sanitized" else native.variant(path)
 
 
 def _torch_step(model, tokens):
@@ -23,18 +32,18 @@ def _torch_step(model, tokens):
 
 @pytest.mark.parametrize("shape", ["small", "other"])   # "other": width 192, an odd number of int4 groups
 @pytest.mark.parametrize("quant", [None, "int8", "int4"])
-@pytest.mark.parametrize("flags", [native.FLAGS, native.PORTABLE_FLAGS], ids=["native", "portable"])
-def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, flags):
+@pytest.mark.parametrize("path", PATHS)
+def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, path):
     model = RWKV.load(checkpoints[shape], quant=quant)
     before, expected, expected_state = _torch_step(model, PROMPT)
-    decoder = native.Decoder(model, native.build(flags))
+    decoder = native.Decoder(model, kernels(path))
     after = model.new_state()
     logits = decoder.step(PROMPT[-1], before, after)
     if quant is None:
         assert relative_error(logits, expected) < 1e-5
         for name in ("att_prev", "ffn_prev", "S"):
             assert torch.allclose(getattr(after, name), getattr(expected_state, name), atol=1e-5)
-    else:  # activations differ around quantized matrices: bf16 in torch, fp32 or int8 (int4 x VNNI) in C
+    else:  # activations differ around quantized matrices: bf16 in torch, fp32 or int8 (int4 x int8) in C
         assert cosine(logits, expected) > 0.999 and np.argmax(logits) == np.argmax(expected)
         for name in ("att_prev", "ffn_prev", "S"):
             assert cosine(getattr(after, name).numpy().ravel(), getattr(expected_state, name).numpy().ravel()) > 0.999
@@ -71,10 +80,10 @@ def test_int4_nibble_order_round_trips():
     assert torch.equal(y, weight[:, :4].T)
 
 
-def test_without_a_compiler_decode_falls_back_to_torch(checkpoints, monkeypatch, tmp_path, capsys):
+def test_without_kernels_decode_falls_back_to_torch(checkpoints, monkeypatch, capsys):
     expected, _ = RWKV.load(checkpoints["other"], quant="int4").forward(PROMPT, use_cache=False)
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))   # no cached build either
+    monkeypatch.setattr(native, "runnable", lambda: [])   # as where nothing was compiled at install
+    monkeypatch.delenv("EDGEWISE_KERNELS_LIB", raising=False)
     native.forget()
     try:
         model = RWKV.load(checkpoints["other"], quant="int4")
@@ -108,14 +117,53 @@ def test_the_c_step_refuses_states_it_would_overrun(checkpoints):
         decoder.step(320, state, model.new_state())
 
 
-def test_a_wrapped_compiler_and_a_damaged_cached_build(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "env gcc")   # a wrapper and its compiler, as with ccache
-    damaged = native.cached_build(native.compiler(), native.PORTABLE_FLAGS)
-    damaged.parent.mkdir(parents=True)
-    damaged.write_bytes(b"not a shared object")   # as left by an earlier crash
-    assert native.build(native.PORTABLE_FLAGS).ew_features() == 0   # rebuilt, loaded
-    assert damaged.read_bytes()[:4] == b"\x7fELF"
+OTHER_ARCH = "neon" if platform.machine() == "x86_64" else "avx2"
+
+
+@pytest.mark.parametrize("value, message", [("avx9", "EDGEWISE_KERNELS=avx9: use one of avx512, avx2, neon, portable"),
+                                            (OTHER_ARCH, "not built for this machine"),
+                                            ("portable", None), ("torch", None)])
+def test_edgewise_kernels_forces_a_path(monkeypatch, value, message):
+    monkeypatch.setenv("EDGEWISE_KERNELS", value)
+    monkeypatch.delenv("EDGEWISE_KERNELS_LIB", raising=False)
+    native.forget()
+    try:
+        if message:
+            with pytest.raises(EdgewiseError, match=message):
+                native.library()
+        else:
+            assert native.kernels(native.library()) == ("torch" if value == "torch" else "c-portable")
+    finally:
+        native.forget()
+
+
+def test_a_path_this_cpu_lacks_is_named(monkeypatch):
+    monkeypatch.setenv("EDGEWISE_KERNELS", native.installed()[0])
+    monkeypatch.delenv("EDGEWISE_KERNELS_LIB", raising=False)
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset())   # an older CPU
+    native.forget()
+    try:
+        with pytest.raises(EdgewiseError, match="this CPU lacks .*; it runs"):
+            native.library()
+    finally:
+        native.forget()
+
+
+def _build(tmp_path, *flags):
+    out = tmp_path / "lib.so"
+    subprocess.run(["gcc", "-O1", "-fopenmp", "-fPIC", "-shared", *flags, str(native.SOURCE), "-o", str(out), "-lm"],
+                   check=True)
+    return out
+
+
+@pytest.mark.skipif(subprocess.run(["which", "gcc"], capture_output=True).returncode, reason="needs gcc")
+def test_a_stale_or_differently_laid_out_build_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(native.KernelError, match="built from another _decode.c; rebuild it"):
+        native.load(_build(tmp_path, '-DEW_SOURCE_HASH="0123456789abcdef"'))
+    layout = native.layout()
+    monkeypatch.setattr(native, "layout", lambda: layout[:-1] + [layout[-1] + 8])   # a field moved
+    with pytest.raises(native.KernelError, match="laid out unlike"):
+        native.load(_build(tmp_path))
 
 
 def _decode(decoder, token, state, out, logits):
@@ -126,10 +174,10 @@ def _decode(decoder, token, state, out, logits):
     return status, lib.ew_problem().decode()
 
 
-@pytest.mark.parametrize("flags", [native.FLAGS, native.PORTABLE_FLAGS], ids=["native", "portable"])
-def test_the_c_step_checks_its_own_inputs(checkpoints, flags):
+@pytest.mark.parametrize("path", PATHS)
+def test_the_c_step_checks_its_own_inputs(checkpoints, path):
     model = RWKV.load(checkpoints["small"], quant="int4")
-    decoder = native.Decoder(model, native.build(flags))
+    decoder = native.Decoder(model, kernels(path))
     state, out, logits = model.new_state(), model.new_state(), np.zeros(model.dims.vocab, np.float32)
     assert _decode(decoder, 1, state, native._state(out), logits)[0] == 0
     assert _decode(decoder, 320, state, native._state(out), logits) == (3, "token 320 is outside the vocabulary 0..319")
@@ -169,8 +217,9 @@ def test_the_c_step_checks_its_own_inputs(checkpoints, flags):
     assert _decode(decoder, 1, state, native._state(out), logits)[0] == 0   # all restored: it runs again
 
 
-def test_the_c_matmul_checks_its_buffers(checkpoints):
-    lib = native.build()
+@pytest.mark.parametrize("path", PATHS)
+def test_the_c_matmul_checks_its_buffers(path):
+    lib = kernels(path)
     weight, keep = torch.randn(8, 64), []
     matrix = native.dense(weight, keep)
     x, y = torch.randn(3, 64), torch.empty(3, 8)
@@ -181,11 +230,3 @@ def test_the_c_matmul_checks_its_buffers(checkpoints):
     matrix.kind = native.INT4   # 8 x 64 int4 needs 256 bytes and 8 scales: no scales given
     assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel(), 3, y.data_ptr(), y.numel(), 1) == 2
     assert "fewer scales" in lib.ew_problem().decode()
-
-
-def test_a_build_whose_structs_differ_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))
-    layout = native.layout()
-    monkeypatch.setattr(native, "layout", lambda: layout[:-1] + [layout[-1] + 8])   # a field moved
-    with pytest.raises(native.CompileError, match="laid out unlike"):
-        native.build(native.PORTABLE_FLAGS)

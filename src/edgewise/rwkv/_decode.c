@@ -24,9 +24,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+/* Which kernels: fixed by the flags this file is compiled with (setup.py builds one library per
+ * instruction set; native.py loads the best the CPU runs). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(EW_SCALAR)
 #include <immintrin.h>
 #define EW_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
+#include <immintrin.h>
+#define EW_AVX2 1
+#elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && !defined(EW_SCALAR)
+#include <arm_neon.h>
+#define EW_NEON 1
 #endif
 
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
@@ -142,6 +150,111 @@ static float dot_int8(const int8_t *w, const float *x, int n) {
     return s;
 }
 
+#elif defined(EW_AVX2)
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+static float dot_f32(const float *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {  /* four chains: one would wait on the FMA latency */
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static inline __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(w + i) + PREFETCH, _MM_HINT_T0);
+        a0 = _mm256_fmadd_ps(bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(bf16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(bf16x8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static inline __m256 i8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+static float dot_int8(const int8_t *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(w + i) + PREFETCH, _MM_HINT_T0);
+        a0 = _mm256_fmadd_ps(i8x8(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(i8x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(i8x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(i8x8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+#elif defined(EW_NEON)
+static float dot_f32(const float *w, const float *x, int n) {
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint16x8_t v = vld1q_u16(w + i);
+        a0 = vfmaq_f32(a0, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v), 16)), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vreinterpretq_f32_u32(vshll_high_n_u16(v, 16)), vld1q_f32(x + i + 4));
+    }
+    float s = vaddvq_f32(vaddq_f32(a0, a1));
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float dot_int8(const int8_t *w, const float *x, int n) {
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        int8x16_t v = vld1q_s8(w + i);
+        int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
+        a0 = vfmaq_f32(a0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vcvtq_f32_s32(vmovl_high_s16(lo)), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vcvtq_f32_s32(vmovl_high_s16(hi)), vld1q_f32(x + i + 12));
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
 #else  /* portable: the compiler vectorises what it can */
 static float dot_f32(const float *w, const float *x, int n) {
     float s = 0.f;
@@ -183,7 +296,11 @@ static float dot_int4(const uint8_t *w, const float *scale, const float *x, int 
     return total;
 }
 
+/* int4 matrices multiply int8 activations, quantized per group of 64 like the weights
+ * (llama.cpp's Q4 x Q8), where the CPU has an integer dot product: AVX512-VNNI, AVX2's maddubs,
+ * NEON's sdot. Converting nibbles to floats made int4 decode bound by arithmetic, not memory. */
 #if defined(EW_AVX512) && defined(__AVX512VNNI__)
+#define EW_INT4_Q8 1
 #define EW_INT4_VNNI 1
 
 /* The inputs of an int4 product, quantized per group of 64 and laid out for `dot_int4_vnni`:
@@ -206,7 +323,11 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
         __m512i total = _mm512_setzero_si512();
         int pair = g / 2, second = g % 2, paired = g + 1 < groups || second;
         for (int r = 0; r < 4; r++) {
-            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[r], inverse));   /* round to nearest */
+            /* clamped, NaN included (min_ps returns its second operand for NaN): a damaged file's
+             * NaN would become INT_MIN and overflow the sum */
+            __m512 scaled = _mm512_max_ps(_mm512_min_ps(_mm512_mul_ps(v[r], inverse), _mm512_set1_ps(127.f)),
+                                          _mm512_set1_ps(-127.f));
+            __m512i q = _mm512_cvtps_epi32(scaled);   /* round to nearest */
             total = _mm512_add_epi32(total, q);
             int8_t *to = paired ? in.q + pair * 128 + 64 * (r / 2) + 32 * second + 16 * (r % 2) : in.q + g * GROUP + 16 * r;
             _mm_storeu_si128((__m128i *)to, _mm512_cvtepi32_epi8(q));
@@ -219,7 +340,7 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
     }
 }
 
-static float dot_int4_vnni(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc = _mm512_setzero_ps();
     int groups = n / GROUP, g = 0;
@@ -245,6 +366,77 @@ static float dot_int4_vnni(const uint8_t *w, const float *scale, int4_inputs in,
     }
     return total;
 }
+
+#elif defined(EW_AVX2) || defined(EW_NEON)
+#define EW_INT4_Q8 1
+
+/* The inputs of an int4 product, quantized per group of 64, in order; per group its scale and
+ * its sum of q (AVX2 multiplies unsigned nibbles: the -8 offset comes off as 8 x sum). */
+typedef struct { int8_t *q; int32_t *sum; float *scale; } int4_inputs;
+
+static void prepare_int4(const float *x, int n, int4_inputs in) {
+    for (int g = 0; g < n / GROUP; g++) {
+        const float *xg = x + g * GROUP;
+        float largest = 0.f;
+#pragma omp simd reduction(max : largest)
+        for (int j = 0; j < GROUP; j++) largest = fmaxf(largest, fabsf(xg[j]));
+        float inverse = largest > 0.f ? 127.f / largest : 0.f;
+        int sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < GROUP; j++) {
+            float v = xg[j] * inverse;
+            v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
+            v = v < 127.f ? v : 127.f;
+            int q = (int)nearbyintf(v);   /* to nearest even, as the AVX-512 path */
+            in.q[g * GROUP + j] = (int8_t)q;
+            sum += q;
+        }
+        in.sum[g] = sum;
+        in.scale[g] = largest / 127.f;
+    }
+}
+
+#ifdef EW_AVX2
+static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float offset = 0.f;
+    for (int g = 0; g < n / GROUP; g++) {
+        const uint8_t *b = w + g * GROUP / 2;
+        const int8_t *xq = in.q + g * GROUP;
+        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+        __m256i d = _mm256_loadu_si256((const __m256i *)b);
+        /* unsigned nibbles x signed inputs, pairs summed to int16 (at most 2 x 15 x 127 each) */
+        __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), _mm256_loadu_si256((const __m256i *)xq));
+        __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low),
+                                          _mm256_loadu_si256((const __m256i *)(xq + 32)));
+        __m256i dot = _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones);
+        float s = scale[g] * in.scale[g];
+        if (g % 2) acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s), acc1);
+        else acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s), acc0);
+        offset += 8.f * (float)in.sum[g] * s;
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1)) - offset;
+}
+#else
+static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+    const uint8x16_t low = vdupq_n_u8(0x0F);
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc = vdupq_n_f32(0.f);
+    for (int g = 0; g < n / GROUP; g++) {
+        const uint8_t *b = w + g * GROUP / 2;
+        const int8_t *xq = in.q + g * GROUP;
+        uint8x16_t d0 = vld1q_u8(b), d1 = vld1q_u8(b + 16);
+        /* signed nibbles (q - 8) x signed inputs, four at a time per lane: sdot */
+        int32x4_t dot = vdotq_s32(vdupq_n_s32(0), vsubq_s8(vreinterpretq_s8_u8(vandq_u8(d0, low)), eight), vld1q_s8(xq));
+        dot = vdotq_s32(dot, vsubq_s8(vreinterpretq_s8_u8(vandq_u8(d1, low)), eight), vld1q_s8(xq + 16));
+        dot = vdotq_s32(dot, vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(d0, 4)), eight), vld1q_s8(xq + 32));
+        dot = vdotq_s32(dot, vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(d1, 4)), eight), vld1q_s8(xq + 48));
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot), scale[g] * in.scale[g]);
+    }
+    return vaddvq_f32(acc);
+}
+#endif
 #endif
 
 static float row_dot(const ew_matrix *m, int row, const float *x) {
@@ -260,7 +452,8 @@ static float row_dot(const ew_matrix *m, int row, const float *x) {
 
 /* expf within 2 ulp (Cephes' polynomial), written so that `omp simd` loops vectorise it */
 static inline float exp_approx(float x) {
-    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;   /* not fminf/fmaxf: those block vectorising */
+    x = x > -87.3f ? x : -87.3f;   /* not fminf/fmaxf: those block vectorising; written so that NaN (a damaged */
+    x = x < 88.3f ? x : 88.3f;     /* file's weights) clamps too: converting NaN to an int is undefined */
     float n = floorf(x * 1.44269504f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -309,7 +502,7 @@ static void run_jobs(const job *jobs, int count) {
         if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
             int first = lo > pos ? (int)((lo - pos + cols - 1) / cols) : 0;
             int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;
-#ifdef EW_INT4_VNNI
+#ifdef EW_INT4_Q8
             int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
             int8_t q[int4 ? cols : 1];
             int32_t sums[int4 ? pairs * 16 : 1];
@@ -318,8 +511,8 @@ static void run_jobs(const job *jobs, int count) {
             if (int4) prepare_int4(jobs[j].x, m->cols, in);
 #endif
             for (int r = first; r < end; r++) {
-#ifdef EW_INT4_VNNI
-                float y = int4 ? dot_int4_vnni((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
+#ifdef EW_INT4_Q8
+                float y = int4 ? dot_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
                                : row_dot(m, r, jobs[j].x);
 #else
                 float y = row_dot(m, r, jobs[j].x);
@@ -541,7 +734,7 @@ static int check_state(const ew_model *m, const ew_state *s) {
 /* What the last call that failed on this thread found wrong, for the caller's error message */
 const char *ew_problem(void) { return problem_text; }
 
-/* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI */
+/* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI, 4 AVX2, 8 NEON with sdot */
 int ew_features(void) {
     int features = 0;
 #ifdef EW_AVX512
@@ -550,8 +743,20 @@ int ew_features(void) {
 #ifdef EW_INT4_VNNI
     features |= 2;
 #endif
+#ifdef EW_AVX2
+    features |= 4;
+#endif
+#ifdef EW_NEON
+    features |= 8;
+#endif
     return features;
 }
+
+#ifndef EW_SOURCE_HASH
+#define EW_SOURCE_HASH ""
+#endif
+/* The first 16 hex digits of this file's SHA-256, as setup.py saw it: native.py names a stale build. */
+const char *ew_source_hash(void) { return EW_SOURCE_HASH; }
 
 /* The layout of the shared structs: their sizes, then the offset of every field in order. Fills
  * at most `n` values and returns how many there are. */

@@ -1,2 +1,8 @@
-/* The portable build of the RWKV decode kernels: setup.py compiles this file with its flags. */
+/* The portable build of the RWKV decode kernels, compiled by setup.py with that variant's flags.
+ * A Python extension module only so that setuptools builds, names and installs it: Python calls
+ * the kernels through ctypes (native.py). */
+#include <Python.h>   /* first, as Python asks */
 #include "_decode.c"
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels_portable", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit__kernels_portable(void) { return PyModule_Create(&module); }

@@ -1,11 +1,14 @@
-"""The fused decode step in C (`_decode.c`): compiled on first use, cached, called through ctypes.
+"""The fused decode step in C (`_decode.c`), built at install and called through ctypes.
 
 Decode is bound by memory bandwidth, but the torch path spends most of each token dispatching
 small ops. `_decode.c` runs one token through every layer in a single call on one OpenMP team
-(with gcc: torch's own libgomp). It needs a C compiler (`$CC`, else cc/gcc/clang) the first
-time; the library is cached per source, flags and CPU. Where `-march=native` does not build, a
-portable build serves. Without a compiler, or with EDGEWISE_RWKV_NATIVE=0, the runtime decodes
-on the torch path and says so once on stderr.
+(with gcc: torch's own libgomp). setup.py compiles it once per instruction set of the machine's
+architecture (x86-64: AVX-512 with VNNI, AVX2 with FMA, portable; aarch64: NEON with sdot,
+portable), each an extension module `_kernels_<variant>`; the best one this CPU runs is loaded
+here, chosen from the CPU's features, never compiled at run time. EDGEWISE_KERNELS=avx512|avx2|
+neon|portable|torch forces a path; EDGEWISE_KERNELS_LIB=path loads another build (a sanitizer
+build, in the tests). Where no variant is installed or runs, the runtime decodes on the torch path
+and says so once on stderr.
 """
 
 from __future__ import annotations
@@ -14,11 +17,9 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
-import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,17 +28,17 @@ import numpy as np
 import torch
 
 from edgewise.errors import EdgewiseError
-from edgewise.files import atomic_path, cache_dir
 
 SOURCE = Path(__file__).with_name("_decode.c")
 F32, BF16, INT8, INT4 = 0, 1, 2, 3
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
-PORTABLE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-DEW_SCALAR")
-# EDGEWISE_RWKV_SANITIZE=1 builds the kernels with AddressSanitizer and UBSan, every report fatal
-# (for the tests; the process needs LD_PRELOAD=$(gcc -print-file-name=libasan.so)).
-SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
-if os.environ.get("EDGEWISE_RWKV_SANITIZE") == "1":
-    FLAGS, PORTABLE_FLAGS = FLAGS + SANITIZE_FLAGS, PORTABLE_FLAGS + SANITIZE_FLAGS
+# Best first: the CPU features (as Linux's /proc/cpuinfo names them) each variant is compiled for.
+VARIANTS = {
+    "avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "fma"),
+    "avx2": ("avx2", "fma", "f16c", "bmi2"),
+    "neon": ("asimd", "asimddp"),
+    "portable": (),
+}
+PATHS = (*VARIANTS, "torch")
 
 
 class Matrix(ctypes.Structure):
@@ -80,39 +81,51 @@ def layout() -> list[int]:
     return [ctypes.sizeof(s) for s in _STRUCTS] + [getattr(s, name).offset for s in _STRUCTS for name, _ in s._fields_]
 
 
-class CompileError(RuntimeError):
-    pass
+class KernelError(RuntimeError):
+    """The kernels cannot be loaded: not built, a stale build, structs laid out differently."""
 
 
-def compiler() -> list[str] | None:
-    """The C compiler command: $CC (may carry a wrapper, as "ccache gcc"), else cc, gcc or clang."""
-    if os.environ.get("CC"):
-        return shlex.split(os.environ["CC"])
-    found = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    return [found] if found else None
+def cpu_flags() -> frozenset[str]:
+    """The CPU's features as Linux names them (x86 "flags", aarch64 "Features"); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
 
 
-def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
-    """Compile `_decode.c` (or reuse the cached build) and load it. Raises CompileError."""
-    cc = compiler()
-    if cc is None:
-        raise CompileError("no C compiler found (set CC or install gcc)")
-    path = cached_build(cc, flags)
-    for attempt in range(2):
-        if not path.is_file():
-            _compile(cc, flags, path)
-        try:
-            lib = ctypes.CDLL(str(path))
-            break
-        except OSError:
-            if attempt:
-                raise
-            path.unlink(missing_ok=True)   # a damaged cached build: build it again, once
+def installed() -> list[str]:
+    """The variants built for this machine's architecture, best first."""
+    return [v for v in VARIANTS if importlib.util.find_spec(f"edgewise.rwkv._kernels_{v}") is not None]
+
+
+def runnable() -> list[str]:
+    """The installed variants this CPU runs, best first."""
+    flags = cpu_flags()
+    return [v for v in installed() if set(VARIANTS[v]) <= flags]
+
+
+def load(path: str | Path) -> ctypes.CDLL:
+    """Load a kernel library and check that it matches this module: its structs' layout, as the C
+    side reports it, and the _decode.c it was built from."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise KernelError(f"{path}: cannot be loaded ({exc})") from None
     lib.ew_layout.restype, lib.ew_layout.argtypes = ctypes.c_int64, [ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
     expected = layout()
     found = (ctypes.c_int64 * len(expected))()
     if lib.ew_layout(found, len(expected)) != len(expected) or list(found) != expected:
-        raise CompileError(f"{path}: its structs are laid out unlike native.py's; delete it to rebuild")
+        raise KernelError(f"{Path(path).name}: its structs are laid out unlike native.py's; reinstall edgewise")
+    lib.ew_source_hash.restype = ctypes.c_char_p
+    built_from = lib.ew_source_hash().decode()
+    if built_from and SOURCE.is_file() and built_from != hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]:
+        raise KernelError(f"{Path(path).name} was built from another _decode.c; rebuild it "
+                          "(pip install -e . or make setup)")
     lib.ew_problem.restype = ctypes.c_char_p
     lib.ew_check.restype = lib.ew_decode.restype = lib.ew_matmul.restype = ctypes.c_int
     lib.ew_check.argtypes = [ctypes.POINTER(Model)]
@@ -123,6 +136,15 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
+def variant(name: str) -> ctypes.CDLL:
+    """The installed library of one variant (whether or not this CPU runs it: check `runnable`)."""
+    spec = importlib.util.find_spec(f"edgewise.rwkv._kernels_{name}") if name in VARIANTS else None
+    if spec is None or not spec.origin:
+        raise KernelError(f"the {name} kernels are not built for this machine ({platform.machine()})")
+    return load(spec.origin)
+
+
 def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
     """The C side refused its inputs (a caller's bug: Python checks files first) or ran out of memory."""
     if status == 1:
@@ -131,65 +153,64 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
         raise ValueError(f"{what}: {lib.ew_problem().decode(errors='replace')}")
 
 
-def cached_build(cc: list[str], flags: tuple[str, ...]) -> Path:
-    """Where the build of this source with this compiler, these flags, for this CPU is cached."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((*cc, *flags)).encode() + _cpu_signature()).hexdigest()[:16]
-    return cache_dir() / "native" / f"rwkv7-decode-{key}.so"
-
-
-def _compile(cc: list[str], flags: tuple[str, ...], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        try:
-            done = subprocess.run([*cc, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True,
-                                  timeout=300)
-        except subprocess.TimeoutExpired:
-            raise CompileError(f"{cc[-1]} took more than 5 minutes") from None
-        if done.returncode != 0:
-            raise CompileError(f"{cc[-1]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}")
-
-
 def kernels(lib: ctypes.CDLL | None) -> str:
-    """What decodes: "c-avx512-vnni", "c-avx512", "c-portable" or "torch"."""
+    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-portable" or "torch"."""
     if lib is None:
         return "torch"
     features = lib.ew_features()
-    return "c-" + ("avx512" + ("-vnni" if features & 2 else "") if features & 1 else "portable")
-
-
-def _cpu_signature() -> bytes:
-    """-march=native builds for this CPU: a cache shared between machines must not mix them."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor()
-    return flags.encode()
+    if features & 1:
+        return "c-avx512" + ("-vnni" if features & 2 else "")
+    return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-portable"
 
 
 _disabled = 0
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels for this machine, or None: inside `disabled()`, with
-    EDGEWISE_RWKV_NATIVE=0, or (after one line on stderr) when they cannot be built."""
+    """The kernels for this machine, or None: inside `disabled()`, with EDGEWISE_KERNELS=torch, or
+    (after one line on stderr) when none is installed or loads. A forced path this machine cannot
+    run is an EdgewiseError."""
     return None if _disabled else _library()
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("EDGEWISE_RWKV_NATIVE", "1") == "0":
+    forced = os.environ.get("EDGEWISE_KERNELS", "").strip().lower()
+    if os.environ.get("EDGEWISE_RWKV_NATIVE") == "0" or forced == "torch":
         return None
-    try:
+    if os.environ.get("EDGEWISE_KERNELS_LIB"):
         try:
-            return build()
-        except CompileError:
-            return build(PORTABLE_FLAGS)   # e.g. a compiler that rejects -march=native
-    except (CompileError, OSError, EdgewiseError) as exc:   # no compiler, a failed build, an unwritable cache
-        print(f"edgewise: RWKV decode runs on the slower torch path: {exc}", file=sys.stderr)
-        return None
+            return load(os.environ["EDGEWISE_KERNELS_LIB"])
+        except KernelError as exc:
+            raise EdgewiseError(f"EDGEWISE_KERNELS_LIB: {exc}") from None
+    if forced:
+        if forced not in VARIANTS:
+            raise EdgewiseError(f"EDGEWISE_KERNELS={forced}: use one of {', '.join(PATHS)}")
+        if forced not in installed():
+            raise EdgewiseError(f"EDGEWISE_KERNELS={forced}: not built for this machine ({platform.machine()}); "
+                                f"it has {', '.join(installed()) or 'none'}")
+        missing = sorted(set(VARIANTS[forced]) - cpu_flags())
+        if missing:
+            raise EdgewiseError(f"EDGEWISE_KERNELS={forced}: this CPU lacks {', '.join(missing)}; "
+                                f"it runs {', '.join(runnable()) or 'torch only'}")
+        try:
+            return variant(forced)
+        except KernelError as exc:
+            raise EdgewiseError(f"EDGEWISE_KERNELS={forced}: {exc}") from None
+    for name in runnable():
+        try:
+            return variant(name)
+        except KernelError as exc:
+            print(f"edgewise: RWKV decode kernels: {exc}", file=sys.stderr)
+            break
+    else:
+        print("edgewise: RWKV decode runs on the slower torch path: no compiled kernels for this CPU "
+              "(they are built at install when a C compiler is present)", file=sys.stderr)
+    return None
 
 
 def forget() -> None:
-    """Build or load the kernels again on next use (after CC or the cache folder changed)."""
+    """Choose the kernels again on next use (after the environment changed)."""
     _library.cache_clear()
 
 

@@ -20,14 +20,18 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgewise optimize
 
-# What the tests drive outside Python: Debian's chromium (the report, screenshotted headless) and
-# qemu-user (ONNX Runtime's int8 kernels on an emulated CPU without VNNI). Installed when missing
-# and apt-get can run; elsewhere those tests skip and say why.
+# What the tests drive outside Python: Debian's chromium (the report, screenshotted headless),
+# qemu-user (ONNX Runtime's int8 kernels on an emulated CPU without VNNI; the aarch64 RWKV kernels)
+# and gcc-aarch64-linux-gnu (to cross-compile those). Installed when missing and apt-get can run;
+# elsewhere those tests skip and say why.
+TEST_TOOLS := chromium qemu-x86_64 qemu-aarch64 aarch64-linux-gnu-gcc
 test-deps:
-	@if ! command -v chromium >/dev/null || ! command -v qemu-x86_64 >/dev/null; then \
+	@missing=0; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium qemu-user >/dev/null; \
-	  else echo "chromium or qemu-user missing (apt-get install chromium qemu-user): their tests will skip" >&2; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium qemu-user \
+	      gcc-aarch64-linux-gnu >/dev/null; \
+	  else echo "missing one of $(TEST_TOOLS) (apt-get install chromium qemu-user gcc-aarch64-linux-gnu): their tests will skip" >&2; fi; \
 	fi
 
 test: $(STAMP) test-deps

@@ -31,6 +31,7 @@ def test_bench_json_and_convert(tmp_path, capsys, world_checkpoint):
     assert figures["state_bytes"] == 2 * (2 + 64) * 128 * 4
     # the C step where this machine can build it, else the torch path (no compiler): whichever it has
     assert figures["decode_kernels"] == native.kernels(native.library()) and figures["decode_weight_gb_per_s"] > 0
+    assert "measured" in figures["prefill_gemm"] and "bf16 dot products" in figures["prefill_gemm"]
 
 
 @pytest.fixture
@@ -56,3 +57,19 @@ def bad_files(tmp_path, world_checkpoint):
 def test_bad_input_is_one_line_and_exit_2(capsys, bad_files, world_checkpoint, argv, message):
     code, _, err = run(capsys, *[a.format(d=bad_files, w=world_checkpoint) for a in argv])
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(not native.runnable(), reason="no kernels were compiled at install")
+def test_nothing_compiles_at_run_time(world_checkpoint, tmp_path):
+    """With no compiler at all (CC=false, PATH without gcc) and an empty cache, decode runs on the
+    kernels built at install."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "CC": "false", "PATH": os.path.dirname(sys.executable), "EDGEWISE_CACHE_DIR": str(tmp_path)}
+    env.pop("EDGEWISE_KERNELS_LIB", None)
+    done = subprocess.run([sys.executable, "-m", "edgewise.cli", "rwkv", "bench", str(world_checkpoint), "--json",
+                           "--prompt-tokens", "2", "--decode-tokens", "2", "--quant", "int8"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["decode_kernels"] == native.kernels(native.variant(native.runnable()[0]))

@@ -230,3 +230,16 @@ def test_the_c_matmul_checks_its_buffers(path):
     matrix.kind = native.INT4   # 8 x 64 int4 needs 256 bytes and 8 scales: no scales given
     assert lib.ew_matmul(ctypes.byref(matrix), x.data_ptr(), x.numel(), 3, y.data_ptr(), y.numel(), 1) == 2
     assert "fewer scales" in lib.ew_problem().decode()
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_in_either_gemm_dtype_matches_decoding_token_by_token(checkpoints, monkeypatch, quant, dtype):
+    from edgewise.rwkv import quant as quant_module
+    monkeypatch.setattr(quant_module, "prefill_gemm", lambda: (dtype, "forced by the test"))
+    monkeypatch.setattr(quant_module, "TILE", 96)   # several tiles, the last one short
+    model = RWKV.load(checkpoints["other"], quant=quant)
+    tokens = list(range(1, 40))   # more than DEQUANTIZE_ROWS: the GEMM path
+    prefilled = model.logits_all(tokens)
+    stepwise = model.logits_all(tokens, stepwise=True)
+    assert cosine(prefilled[-1], stepwise[-1]) > 0.999 and np.argmax(prefilled[-1]) == np.argmax(stepwise[-1])

@@ -1,15 +1,18 @@
 """Weight matrices for the fast runtime: fp32, int8 per output channel, int4 group-wise.
 
 Decode and short prompts run quantized matrices on edgewise's own kernels (`_decode.c`, through
-`native`): fp32 activations, except int8 activations (per group of 64) for int4 matrices on
-CPUs with AVX512-VNNI. Long prompts dequantize one matrix at a time to bf16 and run
-oneDNN's GEMM. Without a C compiler, torch's CPU weight-only kernels serve (the ones torchao
-uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bf16 activations).
+`native`): fp32 activations, except int8 activations (per group of 64) for int4 matrices. Long
+prompts dequantize one tile of rows at a time and run oneDNN's GEMM, in bf16 or fp32, whichever
+`prefill_gemm` measured faster on this CPU (bf16 only pays where the CPU has native bf16 dot
+products; elsewhere it is emulated). Without the compiled kernels, torch's CPU weight-only kernels
+serve (the ones torchao uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import time
 
 import torch
 
@@ -19,6 +22,32 @@ INT4_GROUP = 64
 # Above this many rows (a prefill), dequantizing to bf16 and running oneDNN's bf16 GEMM beats the
 # matrix-vector kernels, which are built for decode (measured 2.4x at 512 rows on this machine).
 DEQUANTIZE_ROWS = 16
+TILE = 4096   # output rows dequantized at a time: no copy of a whole (head) matrix at prefill
+# bf16 dot products in hardware, as /proc/cpuinfo names them (x86 AVX512-BF16 and AMX; Arm BF16)
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def prefill_gemm() -> tuple[torch.dtype, str]:
+    """The dtype prefill multiplies dequantized weights in, and why: bf16 and fp32 GEMMs of a
+    prefill's shape timed once on this CPU, the faster kept."""
+    x, w = torch.randn(256, 768, generator=torch.Generator().manual_seed(0)), torch.randn(768, 768)
+    best = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        a, b = x.to(dtype), w.to(dtype)
+        a @ b.T   # warm-up: oneDNN picks and caches its kernel
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b.T
+            runs.append(time.perf_counter() - start)
+        best[dtype] = min(runs)
+    chosen = min(best, key=best.get)
+    other = torch.float32 if chosen == torch.bfloat16 else torch.bfloat16
+    has = sorted(NATIVE_BF16 & native.cpu_flags())
+    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+    return chosen, (f"{name[chosen]} measured {best[other] / best[chosen]:.1f}x faster than {name[other]} here; "
+                    f"the CPU {'has native bf16 dot products (' + ', '.join(has) + ')' if has else 'has no native bf16 dot products'}")
 
 
 def _bf16(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +85,13 @@ class _Quantized(Matrix, abc.ABC):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > DEQUANTIZE_ROWS:
-            return (_bf16(x) @ self.dequantized().T).float()
+            dtype = prefill_gemm()[0]
+            rows = self.scale.shape[0]
+            x, y = x.to(dtype), torch.empty(x.shape[0], rows)
+            for start in range(0, rows, TILE):
+                tile = slice(start, start + TILE)
+                y[:, tile] = x @ self.dequantized(tile, dtype).T
+            return y
         lib = native.library()
         if lib is None:
             return self._torch_kernel(x)
@@ -65,8 +100,8 @@ class _Quantized(Matrix, abc.ABC):
         return native.matmul(lib, self._native, x)
 
     @abc.abstractmethod
-    def dequantized(self) -> torch.Tensor:
-        """The weights as bf16 [out, in], for long prompts."""
+    def dequantized(self, rows: slice = slice(None), dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """The weights of `rows` as [rows, in] of `dtype`, for long prompts."""
 
     @abc.abstractmethod
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +122,8 @@ class Int8Matrix(_Quantized):
                 q[start:start + 8192], scale[start:start + 8192] = int8_rows(weight[start:start + 8192])
         self.q, self.scale = q.contiguous(), scale.float().contiguous()
 
-    def dequantized(self) -> torch.Tensor:
-        return self.q.to(torch.bfloat16) * self.scale.to(torch.bfloat16)[:, None]
+    def dequantized(self, rows: slice = slice(None), dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return self.q[rows].to(dtype) * self.scale[rows].to(dtype)[:, None]
 
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(_bf16(x), self.q, self.scale.to(torch.bfloat16)).float()
@@ -129,13 +164,9 @@ class Int4Matrix(_Quantized):
         grouped = part.reshape(len(part), -1, INT4_GROUP // 2)
         return torch.cat([grouped & 0xF, grouped >> 4], dim=-1).reshape(len(part), -1)
 
-    def dequantized(self) -> torch.Tensor:
-        out = torch.empty(self.packed_bytes.shape[0], self.packed_bytes.shape[1] * 2, dtype=torch.bfloat16)
-        for start in range(0, len(out), 4096):  # no int32/fp32 copy of the whole matrix at once
-            rows = slice(start, start + 4096)
-            q = self.unpacked(rows).reshape(-1, self.scale.shape[1], INT4_GROUP).to(torch.bfloat16) - 8
-            out[rows] = (q * self.scale[rows, :, None].to(torch.bfloat16)).reshape(len(q), -1)
-        return out
+    def dequantized(self, rows: slice = slice(None), dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        q = self.unpacked(rows).reshape(-1, self.scale.shape[1], INT4_GROUP).to(dtype) - 8
+        return (q * self.scale[rows, :, None].to(dtype)).reshape(len(q), -1)
 
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self._torch_packed is None:  # torch's layout, built 1024 rows at a time (it packs 64-row blocks)

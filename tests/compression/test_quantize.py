@@ -36,14 +36,16 @@ print(float((sess.run(None, {sess.get_inputs()[0].name: data["x"]})[0].argmax(1)
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU")
-def test_int8_static_keeps_accuracy_on_a_cpu_without_vnni(tmp_path, image_task):
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_int8_keeps_accuracy_on_a_cpu_without_vnni(tmp_path, image_task, kind):
     """Under qemu as a Haswell (AVX2 + FMA, no AVX-512, no VNNI), ONNX Runtime takes its AVX2
     integer kernels, whatever CPU runs the tests."""
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         pytest.skip("qemu-x86_64 is missing: apt-get install qemu-user (make test installs it)")
     src, _ = onnx_runtime.export_task(image_task, tmp_path / "fp32.onnx")
-    dst = quantize.int8_static(src, tmp_path / "int8.onnx", image_task.calibration)
+    dst = (quantize.int8_static(src, tmp_path / "int8.onnx", image_task.calibration) if kind == "static"
+           else quantize.int8_dynamic(src, tmp_path / "int8.onnx"))
     x, y = image_task.eval
     np.savez(tmp_path / "eval.npz", x=x, y=y)
     script = tmp_path / "evaluate.py"

@@ -58,6 +58,8 @@ def test_compress_measures_every_step_and_writes_artifacts(tmp_path, image_task)
     assert card["recipe"] == final.name and card["final"]["params"] == final.figures.params
     assert card["final"]["validation_metric"] == final.validation_metric
     assert {"baseline", "steps", "machine"} <= set(card)
+    assert "emulated Haswell" in card["accuracy_holds_for"] and "measured on" in card["accuracy_holds_for"]
+    assert isinstance(card["machine"]["cpu_features"], list)
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
 
 

@@ -20,7 +20,7 @@ from edgewise.compression.steps import STAGES, STEPS, Step
 from edgewise.errors import EdgewiseError
 from edgewise.files import atomic_path, write_json
 from edgewise.measure.bench import BenchSettings, BenchTarget, bench
-from edgewise.measure.machine import describe
+from edgewise.measure.machine import accuracy_holds_for, describe
 from edgewise.runtime import onnx as onnx_runtime
 from edgewise.task import Task
 
@@ -178,6 +178,6 @@ def write_artifacts(result: CompressResult, out: str | Path, extra: dict | None 
         shutil.copyfile(result.final.onnx(), tmp)
     card = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": result.final.task.name,
             "metric": result.final.task.metric.name, "recipe": result.final.name, **result.to_json(),
-            "machine": describe(), **(extra or {})}
+            "machine": describe(), "accuracy_holds_for": accuracy_holds_for(result.final.name), **(extra or {})}
     write_json(out / "card.json", card)
     return out

@@ -20,7 +20,7 @@ from edgewise.compression.recipe import compressed_size  # noqa: E402
 from edgewise.files import atomic_path, write_json, write_text  # noqa: E402
 from edgewise.measure import energy  # noqa: E402
 from edgewise.measure.bench import BenchResult  # noqa: E402
-from edgewise.measure.machine import describe  # noqa: E402
+from edgewise.measure.machine import accuracy_holds_for, describe  # noqa: E402
 from edgewise.optimization.run import PEER, SENSITIVITY_SAMPLES, OptimizeResult, pareto  # noqa: E402
 
 
@@ -209,4 +209,5 @@ def card(result: OptimizeResult) -> dict:
         "warning": result.disagreement, "baseline": _figures(result.baseline), "peer": _figures(result.final(PEER)),
         "search": asdict(result.settings), "trials": len(result.trials),
         "compressed_size_bytes": compressed_size(chosen.onnx()), "machine": describe(),
+        "accuracy_holds_for": accuracy_holds_for(result.chosen.recipe),
     }

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from edgewise.errors import EdgewiseError
+from edgewise.measure.machine import cpu_flags
 
 SOURCE = Path(__file__).with_name("_decode.c")
 F32, BF16, INT8, INT4 = 0, 1, 2, 3
@@ -83,19 +84,6 @@ def layout() -> list[int]:
 
 class KernelError(RuntimeError):
     """The kernels cannot be loaded: not built, a stale build, structs laid out differently."""
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's features as Linux names them (x86 "flags", aarch64 "Features"); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def installed() -> list[str]:

@@ -46,8 +46,8 @@ def prefill_gemm() -> tuple[torch.dtype, str]:
     other = torch.float32 if chosen == torch.bfloat16 else torch.bfloat16
     has = sorted(NATIVE_BF16 & native.cpu_flags())
     name = {torch.bfloat16: "bf16", torch.float32: "fp32"}
-    return chosen, (f"{name[chosen]} measured {best[other] / best[chosen]:.1f}x faster than {name[other]} here; "
-                    f"the CPU {'has native bf16 dot products (' + ', '.join(has) + ')' if has else 'has no native bf16 dot products'}")
+    hardware = f"has native bf16 dot products ({', '.join(has)})" if has else "has no native bf16 dot products"
+    return chosen, f"{name[chosen]} measured {best[other] / best[chosen]:.1f}x faster than {name[other]} here; the CPU {hardware}"
 
 
 def _bf16(x: torch.Tensor) -> torch.Tensor:

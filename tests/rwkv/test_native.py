@@ -243,3 +243,26 @@ def test_prefill_in_either_gemm_dtype_matches_decoding_token_by_token(checkpoint
     prefilled = model.logits_all(tokens)
     stepwise = model.logits_all(tokens, stepwise=True)
     assert cosine(prefilled[-1], stepwise[-1]) > 0.999 and np.argmax(prefilled[-1]) == np.argmax(stepwise[-1])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_c_wkv_recurrence_matches_torch_and_checks_its_buffers(path):
+    from edgewise.rwkv import runtime
+    g = torch.Generator().manual_seed(0)
+    T, H, N = 37, 3, 64
+    r, k, v, kk, a = (torch.randn(T, H * N, generator=g) for _ in range(5))
+    w = torch.rand(T, H * N, generator=g) * 0.5 + 0.5
+    S = torch.randn(H, N, N, generator=g)
+    expected_S = S.clone()
+    with native.disabled():
+        expected = runtime._wkv(expected_S, r, w, k, v, kk, a, H, N)
+    got = native.wkv(kernels(path), S, r, w, k, v, kk, a)
+    assert relative_error(got.numpy(), expected.numpy()) < 1e-5
+    assert relative_error(S.numpy(), expected_S.numpy()) < 1e-5
+    lib = kernels(path)
+    y = torch.empty(T, H * N)
+    status = lib.ew_wkv(T, H, N, S.data_ptr(), *(t.data_ptr() for t in (r, w, k, v, kk, a, y)), S.numel() - 1,
+                        r.numel(), 1)
+    assert status == 4 and "wkv: a buffer is smaller" in lib.ew_problem().decode()
+    assert lib.ew_wkv(T + 1, H, N, S.data_ptr(), *(t.data_ptr() for t in (r, w, k, v, kk, a, y)), S.numel(),
+                      r.numel(), 1) == 4

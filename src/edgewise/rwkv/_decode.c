@@ -799,6 +799,43 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
     return OK;
 }
 
+/* The WKV-7 recurrence over a prefill's T tokens (everything before and after it is matrix
+ * work, batched over the tokens): per head, S = S diag(w) - (S kk) b^T + v k^T with b = kk * a,
+ * and y = S r, token by token. S [H, N, N] is updated in place; r, w, k, v, kk, a and y are
+ * [T, H * N]; `sizes` holds the floats in S and in each sequence buffer. Heads run in parallel. */
+int ew_wkv(int64_t T, int H, int N, float *S, const float *r, const float *w, const float *k, const float *v,
+           const float *kk, const float *a, float *y, int64_t S_size, int64_t sequence_size, int threads) {
+    int64_t C = (int64_t)H * N;
+    if (T < 0 || H < 1 || N < 1 || N > MAX_HEAD_SIZE || H > MAX_DIM || !S || !r || !w || !k || !v || !kk || !a || !y ||
+        S_size < C * N || sequence_size / C < T || ((uintptr_t)S | (uintptr_t)r | (uintptr_t)w | (uintptr_t)k |
+                                                    (uintptr_t)v | (uintptr_t)kk | (uintptr_t)a | (uintptr_t)y) % 4) {
+        snprintf(problem_text, sizeof problem_text, "wkv: a buffer is smaller than %lld tokens of %d heads of %d, "
+                 "or misaligned", (long long)T, H, N);
+        return SMALL_BUFFER;
+    }
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+    for (int h = 0; h < H; h++) {
+        float *state = S + (size_t)h * N * N, b[N];
+        for (int64_t t = 0; t < T; t++) {
+            size_t o = (size_t)t * C + (size_t)h * N;
+#pragma omp simd
+            for (int j = 0; j < N; j++) b[j] = kk[o + j] * a[o + j];
+            for (int i = 0; i < N; i++) {
+                float *row = state + (size_t)i * N, removed = 0.f, acc = 0.f;
+#pragma omp simd reduction(+ : removed)
+                for (int j = 0; j < N; j++) removed += row[j] * kk[o + j];
+#pragma omp simd reduction(+ : acc)
+                for (int j = 0; j < N; j++) {
+                    row[j] = row[j] * w[o + j] + v[o + i] * k[o + j] - removed * b[j];
+                    acc += row[j] * r[o + j];
+                }
+                y[o + i] = acc;
+            }
+        }
+    }
+    return OK;
+}
+
 /* Decode `token`: read the state from `in`, write the next state to `out` (may be the same
  * buffers) and the logits [vocab] to `logits` (logits_size floats). 0, or a status that
  * ew_problem() explains: nothing is written unless every size checks out. */

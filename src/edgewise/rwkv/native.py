@@ -121,6 +121,9 @@ def load(path: str | Path) -> ctypes.CDLL:
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.ew_wkv.restype = ctypes.c_int
+    lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
+                           + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
     return lib
 
 
@@ -263,6 +266,21 @@ def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
     y = torch.empty(x.shape[0], matrix.rows)
     _raise_for(lib, lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.numel(), x.shape[0], _ptr(y), y.numel(),
                                   torch.get_num_threads()), "matmul")
+    return y
+
+
+def wkv(lib: ctypes.CDLL, S: torch.Tensor, r, w, k, v, kk, a) -> torch.Tensor:
+    """The WKV-7 recurrence over T tokens through `ew_wkv`: S [H, N, N] float32 contiguous,
+    updated in place; the others [T, H * N]. Returns y [T, H * N]."""
+    H, N = S.shape[0], S.shape[1]
+    if S.dtype != torch.float32 or not S.is_contiguous() or tuple(S.shape) != (H, N, N):
+        raise ValueError("wkv: S must be float32, contiguous, [H, N, N]")
+    r, w, k, v, kk, a = (_aligned(t.float()) for t in (r, w, k, v, kk, a))
+    if any(t.shape != r.shape for t in (w, k, v, kk, a)) or r.dim() != 2 or r.shape[1] != H * N:
+        raise ValueError(f"wkv: every sequence must be [T, {H * N}]")
+    y = torch.empty(r.shape)
+    _raise_for(lib, lib.ew_wkv(r.shape[0], H, N, _ptr(S), *(_ptr(t) for t in (r, w, k, v, kk, a, y)), S.numel(),
+                               r.numel(), torch.get_num_threads()), "wkv")
     return y
 
 

@@ -281,7 +281,11 @@ class RWKV:
 
 
 def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
-    """The WKV-7 recurrence over T tokens; S [H, N, N] is updated in place. Returns y [T, C]."""
+    """The WKV-7 recurrence over T tokens; S [H, N, N] is updated in place. Returns y [T, C].
+    In C where the kernels are built (heads in parallel, no per-token op dispatch), else here."""
+    lib = native.library()
+    if lib is not None and S.is_contiguous() and S.dtype == torch.float32:
+        return native.wkv(lib, S, r, w, k, v, kk, a)
     T = r.shape[0]
     r_, w_, k_, kk_, b_ = (t.view(T, H, 1, N) for t in (r, w, k, kk, kk * a))   # rows: indexed by key j
     v_ = v.view(T, H, N, 1)                                                       # column: by value i

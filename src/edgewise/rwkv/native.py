@@ -6,8 +6,8 @@ small ops. `_decode.c` runs one token through every layer in a single call on on
 architecture (x86-64: AVX-512 with VNNI, AVX2 with FMA, portable; aarch64: NEON with sdot,
 portable), each an extension module `_kernels_<variant>`; the best one this CPU runs is loaded
 here, chosen from the CPU's features, never compiled at run time. EDGEWISE_KERNELS=avx512|avx2|
-neon|portable|torch forces a path; EDGEWISE_KERNELS_LIB=path loads another build (a sanitizer
-build, in the tests). Where no variant is installed or runs, the runtime decodes on the torch path
+neon|portable|torch forces a path (EDGEWISE_RWKV_NATIVE=0, from before, still means torch);
+EDGEWISE_KERNELS_LIB=path loads another build (a sanitizer build, in the tests). Where no variant is installed or runs, the runtime decodes on the torch path
 and says so once on stderr.
 """
 

@@ -7,8 +7,8 @@ architecture (x86-64: AVX-512 with VNNI, AVX2 with FMA, portable; aarch64: NEON 
 portable), each an extension module `_kernels_<variant>`; the best one this CPU runs is loaded
 here, chosen from the CPU's features, never compiled at run time. EDGEWISE_KERNELS=avx512|avx2|
 neon|portable|torch forces a path (EDGEWISE_RWKV_NATIVE=0, from before, still means torch);
-EDGEWISE_KERNELS_LIB=path loads another build (a sanitizer build, in the tests). Where no variant is installed or runs, the runtime decodes on the torch path
-and says so once on stderr.
+EDGEWISE_KERNELS_LIB=path loads another build (a sanitizer build, in the tests). Where no variant
+is installed or runs, the runtime decodes on the torch path and says so once on stderr.
 """
 
 from __future__ import annotations

@@ -113,14 +113,10 @@ def _speed(console: Console, folder: Path, prompt: int, decode: int) -> None:
 
 
 def _cpu() -> str:
+    from edgewise.measure.machine import describe
     from edgewise.rwkv import native
 
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, kernels runnable here: {', '.join(native.runnable()) or 'none'}"
+    return f"{describe()['cpu']}, kernels runnable here: {', '.join(native.runnable()) or 'none'}"
 
 
 def quality(console: Console, held_tokens: int = 4096) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import io
 import json
 import os
@@ -376,7 +377,7 @@ def _targets(seeds: dict[str, Path], work: Path) -> dict[str, tuple[str, Callabl
         model = _state_model()
         return _api(lambda: model.forward([1, 2], RWKVState.load(path), use_cache=False))
 
-    @_cache
+    @functools.cache
     def _state_model():
         return RWKV.load(seeds["rwkv.pth"])
 
@@ -424,23 +425,13 @@ def _canary(path: Path) -> str:
     return "ok"
 
 
-def _chosen(targets: dict, seeds: dict[str, Path]) -> dict:
+def _chosen(targets: dict) -> dict:
     """EDGEWISE_FUZZ_TARGETS="a,b" keeps the targets whose names contain a or b; "canary" is the
     harness's self-test."""
     wanted = [w for w in os.environ.get("EDGEWISE_FUZZ_TARGETS", "").split(",") if w]
     if wanted == ["canary"]:
         return {"canary": ("task.py", mutate_bytes, _canary)}
     return {name: t for name, t in targets.items() if not wanted or any(w in name for w in wanted)}
-
-
-def _cache(function):
-    value = []
-
-    def cached():
-        if not value:
-            value.append(function())
-        return value[0]
-    return cached
 
 
 # -- the loop (child) and its supervisor (parent) ------------------------------------------------
@@ -455,7 +446,7 @@ def child(workdir: Path, seed: int, seconds: float, start: int) -> None:
     cases = workdir / "cases"
     cases.mkdir(exist_ok=True)
     run_dir = workdir / "run"
-    targets = _chosen(_targets(seeds, run_dir), seeds)
+    targets = _chosen(_targets(seeds, run_dir))
     names = sorted(targets)
     originals = {kind: path.read_bytes() for kind, path in seeds.items()}
     deadline = time.monotonic() + seconds

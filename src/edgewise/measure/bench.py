@@ -108,13 +108,13 @@ def bench(targets: list[BenchTarget], settings: BenchSettings | None = None) -> 
     """
     settings = settings or BenchSettings()
     sessions = [onnx_runtime.session(t.path, settings.threads) for t in targets]
-    for target, sess in zip(targets, sessions):   # a model that cannot run fails here, in one line
-        _checked_feed(target, sess, 1)
+    # Every model runs once at every batch size before any measurement: one that cannot fails here, in one line.
+    feeds_by_batch = {batch: [_checked_feed(t, s, batch) for t, s in zip(targets, sessions)]
+                      for batch in settings.batch_sizes}
     metrics = [_metric(t, s) for t, s in zip(targets, sessions)]
     meter = energy_lib.rapl_meter()
     results = []
-    for batch in settings.batch_sizes:
-        feeds = [_checked_feed(t, s, batch) for t, s in zip(targets, sessions)]
+    for batch, feeds in feeds_by_batch.items():
         runners = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
         timings = interleaved(runners, warmup=settings.warmup, seconds=settings.seconds, meter=meter)
         for target, timing, feed, metric in zip(targets, timings, feeds, metrics):

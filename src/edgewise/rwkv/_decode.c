@@ -46,7 +46,7 @@ enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
 
 /* The structs Python fills (native.py mirrors them with ctypes); `ew_layout` reports their sizes
  * and offsets so that a mismatch is caught at load, not by a version number. Every buffer comes
- * with its size, and `model_problem` checks every one against the model's dimensions before a
+ * with its size, and `check_model` checks every one against the model's dimensions before a
  * kernel runs: neither a bad file nor a caller's bug can make this code read or write past a
  * buffer. */
 typedef struct {
@@ -802,7 +802,8 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
 /* The WKV-7 recurrence over a prefill's T tokens (everything before and after it is matrix
  * work, batched over the tokens): per head, S = S diag(w) - (S kk) b^T + v k^T with b = kk * a,
  * and y = S r, token by token. S [H, N, N] is updated in place; r, w, k, v, kk, a and y are
- * [T, H * N]; `sizes` holds the floats in S and in each sequence buffer. Heads run in parallel. */
+ * [T, H * N]; S_size and sequence_size are the floats in S and in each of the others. Heads run in
+ * parallel. */
 int ew_wkv(int64_t T, int H, int N, float *S, const float *r, const float *w, const float *k, const float *v,
            const float *kk, const float *a, float *y, int64_t S_size, int64_t sequence_size, int threads) {
     int64_t C = (int64_t)H * N;

@@ -1,11 +1,15 @@
-"""Part 4: edgewise's RWKV-7 runtime next to BlinkDL's `rwkv` package (fp32 CPU), in one run.
+"""edgewise's RWKV-7 runtime next to BlinkDL's `rwkv` package (fp32 CPU) and llama.cpp, in one run.
 
 On a 0.1B-shaped random checkpoint (12 layers, width 768, vocab 65536), int8 and int4 on every
 kernel path this CPU runs (EDGEWISE_KERNELS=avx512, avx2, portable: an AVX-512 machine runs the
 AVX2 path too): decode and prefill tokens/s, peak RSS (each model in a fresh process), and
 decode's share of the memory bandwidth:
 decode blocks alternate with read-bandwidth readings in one process (the bandwidth drifts with
-the machine's other tenants), each block judged against the better reading beside it. On the tiny trained model: perplexity of fp32, int8 and int4 on held-out text.
+the machine's other tenants), each block judged against the better reading beside it. llama.cpp
+(built once from the llama-cpp-python sdist, cached; see _llama_cpp.py) on the same checkpoint as
+GGUF Q8_0 and Q4_0 (with a Q4_0 head), built for this CPU and, on an AVX-512 machine, for AVX2 too,
+each against the edgewise path of the same instruction sets. On the tiny trained model: perplexity
+of fp32, int8 and int4 on held-out text.
 
     python benchmarks/rwkv_runtime.py [--decode 48] [--prompt 512]
 """
@@ -83,9 +87,9 @@ def _speed(console: Console, folder: Path, prompt: int, decode: int) -> None:
                       f"{r['weight_bytes'] / 2**20:.0f}" if r["weight_bytes"] else "-",
                       f"{share[name]:.0%}" if name in share else "-")
     console.print(table)
-    gemm = next((r["prefill_gemm"] for r in rows.values() if r.get("prefill_gemm", "").startswith(("bf16", "fp32 m"))),
-                None)
-    console.print(f"prefill GEMM: {gemm}")
+    for name, r in rows.items():
+        if "unquantized" not in r.get("prefill_gemm", "unquantized"):
+            console.print(f"prefill GEMM, {name}: {r['prefill_gemm']}")
     checks = []
     for path in paths:
         int8, int4 = rows[f"edgewise int8 ({path})"], rows[f"edgewise int4 ({path})"]
@@ -108,8 +112,50 @@ def _speed(console: Console, folder: Path, prompt: int, decode: int) -> None:
     if best4:
         checks.append(("int4 decode peak RSS < 40% of the reference's", best4["peak_rss_mb"] < 0.4 * ref["peak_rss_mb"],
                        f"{best4['peak_rss_mb'] / ref['peak_rss_mb']:.0%}"))
+    checks += _against_llama_cpp(console, folder, checkpoint, rows, paths, prompt, decode)
     for goal, ok, figure in checks:
         console.print(f"{'PASS' if ok else 'FAIL'}  {goal}: {figure}")
+
+
+def _against_llama_cpp(console: Console, folder: Path, checkpoint: Path, rows: dict, paths: list[str], prompt: int,
+                       decode: int) -> list[tuple[str, bool, str]]:
+    """llama.cpp on the same checkpoint (GGUF Q8_0 and Q4_0 with a Q4_0 head), in the same run: built for
+    this CPU and, on an AVX-512 machine, for AVX2 too; each build against the edgewise path of its ISA."""
+    import _llama_cpp
+    from edgewise.measure.machine import cpu_flags
+
+    avx512 = "avx512f" in cpu_flags()
+    # edgewise path -> the llama.cpp build that runs the same instruction sets
+    pairs = {p: ("native" if p == paths[0] else "avx2") for p in paths if p in ("avx512", "avx2")}
+    if not avx512 and "avx2" in pairs:
+        pairs["avx2"] = "native"
+    checks, table = [], Table(title="llama.cpp (peer) on the same checkpoint, same run", title_justify="left")
+    for column in ("llama.cpp build", "type", "decode tok/s", "edgewise / llama.cpp", "prefill tok/s (512)",
+                   "edgewise / llama.cpp"):
+        table.add_column(column, justify="left" if column.startswith(("llama", "type")) else "right")
+    try:
+        for path, variant in pairs.items():
+            binaries = _llama_cpp.build(variant)
+            files = _llama_cpp.gguf(checkpoint, folder / "gguf", binaries)
+            for quant, (kind, _) in _llama_cpp.QUANT.items():
+                peer = _llama_cpp.bench(binaries, files[quant], prompt, decode, torch.get_num_threads())
+                ours = rows[f"edgewise {quant} ({path})"]
+                decode_ratio = ours["decode_tokens_per_s"] / peer["decode_tokens_per_s"]
+                prefill_ratio = ours["prefill_tokens_per_s"] / peer["prefill_tokens_per_s"]
+                name = f"{variant} ({'avx512' if variant == 'native' and avx512 else 'avx2'})"
+                table.add_row(name, kind, f"{peer['decode_tokens_per_s']:.1f}", f"{decode_ratio:.2f}x",
+                              f"{peer['prefill_tokens_per_s']:.0f}", f"{prefill_ratio:.2f}x")
+                checks += [(f"({path}) edgewise {quant} decode >= llama.cpp {kind}", decode_ratio >= 1.0,
+                            f"{ours['decode_tokens_per_s']:.1f} vs {peer['decode_tokens_per_s']:.1f} tok/s"),
+                           (f"({path}) edgewise {quant} 512-token prefill >= 0.8x llama.cpp {kind}",
+                            prefill_ratio >= 0.8,
+                            f"{prefill_ratio:.2f}x ({ours['prefill_tokens_per_s']:.0f} vs "
+                            f"{peer['prefill_tokens_per_s']:.0f} tok/s)")]
+    except _llama_cpp.Unavailable as exc:
+        console.print(f"llama.cpp skipped: {exc}")
+    if table.rows:
+        console.print(table)
+    return checks
 
 
 def _cpu() -> str:

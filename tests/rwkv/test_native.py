@@ -233,10 +233,10 @@ def test_the_c_matmul_checks_its_buffers(path):
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_prefill_in_either_gemm_dtype_matches_decoding_token_by_token(checkpoints, monkeypatch, quant, dtype):
+@pytest.mark.parametrize("gemm", ["int8", "fp32", "bf16"])
+def test_prefill_in_every_gemm_matches_decoding_token_by_token(checkpoints, monkeypatch, quant, gemm):
     from edgewise.rwkv import quant as quant_module
-    monkeypatch.setattr(quant_module, "prefill_gemm", lambda: (dtype, "forced by the test"))
+    monkeypatch.setattr(quant_module, "prefill_gemm", lambda kind="int8": (gemm, "forced by the test"))
     monkeypatch.setattr(quant_module, "TILE", 96)   # several tiles, the last one short
     model = RWKV.load(checkpoints["other"], quant=quant)
     tokens = list(range(1, 40))   # more than DEQUANTIZE_ROWS: the GEMM path
@@ -266,3 +266,37 @@ def test_the_c_wkv_recurrence_matches_torch_and_checks_its_buffers(path):
     assert status == 4 and "wkv: a buffer is smaller" in lib.ew_problem().decode()
     assert lib.ew_wkv(T + 1, H, N, S.data_ptr(), *(t.data_ptr() for t in (r, w, k, v, kk, a, y)), S.numel(),
                       r.numel(), 1) == 4
+
+
+@pytest.mark.parametrize("kind", [Int8Matrix, Int4Matrix])
+@pytest.mark.parametrize("path", PATHS)
+def test_prefill_gemm_with_int8_activations_matches_the_dequantized_product(kind, path):
+    lib = kernels(path)
+    g = torch.Generator().manual_seed(0)
+    matrix = kind(torch.randn(70, 192, generator=g) * 0.1)   # rows past a block of 32, an odd row, 3 groups
+    view = native.describe(matrix, keep := [])
+    weights = matrix.dequantized(slice(None), torch.float32)
+    # relu^2-like activations too: heavy tails are why activations are quantized per group of 64
+    for x in (torch.randn(11, 192, generator=g), torch.relu(torch.randn(9, 192, generator=g) * 3) ** 2):
+        got = native.matmul(lib, view, x, int8_activations=True)   # 4-token blocks and the 1-token edge
+        expected = x @ weights.T
+        assert relative_error(got.numpy(), expected.numpy()) < 0.02
+        assert cosine(got.numpy().ravel(), expected.numpy().ravel()) > 0.9995
+    y = torch.empty(11, 70)
+    assert lib.ew_gemm_q8(ctypes.byref(view), x.data_ptr(), x.numel(), 11, y.data_ptr(), y.numel(), 1) == 4
+    assert lib.ew_gemm_q8(ctypes.byref(view), x.data_ptr(), x.numel(), 9, y.data_ptr(), 9 * 70 - 1, 1) == 4
+    dense = native.dense(torch.randn(8, 64), keep)
+    assert lib.ew_gemm_q8(ctypes.byref(dense), x.data_ptr(), x.numel(), 1, y.data_ptr(), y.numel(), 1) == 2
+    assert "not int8 or int4" in lib.ew_problem().decode()
+
+
+@pytest.mark.parametrize("kind", [Int8Matrix, Int4Matrix])
+@pytest.mark.parametrize("path", PATHS)
+def test_c_dequantization_is_torchs_and_checks_its_rows(kind, path):
+    lib = kernels(path)
+    matrix = kind(torch.randn(40, 128, generator=torch.Generator().manual_seed(1)))
+    view = native.describe(matrix, [])
+    assert torch.equal(native.dequantize(lib, view, range(5, 29)), matrix.dequantized(slice(5, 29), torch.float32))
+    out = torch.empty(40, 128)
+    assert lib.ew_dequantize(ctypes.byref(view), 30, 11, out.data_ptr(), out.numel(), 1) == 4   # past the last row
+    assert lib.ew_dequantize(ctypes.byref(view), 0, 40, out.data_ptr(), out.numel() - 1, 1) == 4

@@ -799,6 +799,225 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
     return OK;
 }
 
+/* -- prefill GEMM with int8 activations ---------------------------------------------------
+ * y [T, rows] = x [T, cols] W^T for an INT8 or INT4 matrix, x quantized to int8 per token and group
+ * of 64 inputs (llama.cpp's Q8 blocks): integer dot products instead of fp32 FMAs on dequantized
+ * tiles. A block of 4 tokens x 2 rows is kept in registers, so each weight load serves 4 tokens and
+ * each activation load 2 rows. Which of this and the fp32 GEMM a prefill uses is measured at run
+ * time (quant.prefill_gemm): this wins on x86 (AVX2 maddubs), the scalar form below does not. */
+typedef struct { const int8_t *q; const float *scale; const int32_t *sum; int64_t groups; } q8_rows;
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* nt <= 4 tokens x nr <= 2 rows, of an INT8 (int4 = 0) or INT4 matrix; all three constant where
+ * ew_gemm_q8 calls it, so that it is inlined with the accumulators in registers */
+static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
+                                                                int64_t t0, int nt, float *y, int int4) {
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+    const int64_t cols = m->cols, G = x.groups, rows = m->rows;
+    const float *wscale = m->scale, *xscale = x.scale;
+    const int32_t *xsum = x.sum;
+    const int8_t *xq = x.q, *w8 = (const int8_t *)m->data + r0 * cols;
+    const uint8_t *w4 = (const uint8_t *)m->data + r0 * cols / 2;
+    __m256 acc[4][2];
+    for (int t = 0; t < 4; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        __m256i w0[2], w1[2];
+        for (int r = 0; r < nr; r++) {
+            if (!int4) {
+                w0[r] = _mm256_loadu_si256((const __m256i *)(w8 + r * cols + g * GROUP));
+                w1[r] = _mm256_loadu_si256((const __m256i *)(w8 + r * cols + g * GROUP + 32));
+            } else {   /* nibbles 0..15 of inputs 0..31 and 32..63 */
+                __m256i d = _mm256_loadu_si256((const __m256i *)(w4 + r * cols / 2 + g * 32));
+                w0[r] = _mm256_and_si256(d, low);
+                w1[r] = _mm256_and_si256(_mm256_srli_epi16(d, 4), low);
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            const int8_t *q = xq + (t0 + t) * cols + g * GROUP;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)q), x1 = _mm256_loadu_si256((const __m256i *)(q + 32));
+            float xs = xscale[(t0 + t) * G + g];
+            if (!int4) {
+                /* |x| (unsigned) x w carrying x's sign: each pair sums to at most 2 x 127 x 127, no saturation */
+                __m256i a0 = _mm256_sign_epi8(x0, x0), a1 = _mm256_sign_epi8(x1, x1);
+                __m256 s = _mm256_set1_ps(xs);
+                for (int r = 0; r < nr; r++) {
+                    __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(w0[r], x0)), ones),
+                                                 _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(w1[r], x1)), ones));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[t][r]);
+                }
+            } else {
+                /* unsigned nibbles x signed inputs (pairs at most 2 x 15 x 127); the -8 offset comes off
+                 * as the group's sum of q, once in each of the 8 lanes */
+                __m256i offset = _mm256_set1_epi32(xsum[(t0 + t) * G + g]);
+                for (int r = 0; r < nr; r++) {
+                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0[r], x0), _mm256_maddubs_epi16(w1[r], x1));
+                    __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), offset);
+                    __m256 s = _mm256_set1_ps(xs * wscale[(r0 + r) * G + g]);
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[t][r]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] = hsum8(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
+}
+
+static void q8_block_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
+    q8_block_kind(m, r0, 2, x, t0, 4, y, 0);
+}
+
+static void q8_block_int4_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
+    q8_block_kind(m, r0, 2, x, t0, 4, y, 1);
+}
+
+static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
+    if (nr == 2 && nt == 4) {
+        if (m->kind == INT4) q8_block_int4_4x2(m, r0, x, t0, y);
+        else q8_block_int8_4x2(m, r0, x, t0, y);
+        return;
+    }
+    for (int t = 0; t < nt; t++)   /* the edges, a token and a row at a time */
+        for (int r = 0; r < nr; r++) q8_block_kind(m, r0 + r, 1, x, t0 + t, 1, y, m->kind == INT4);
+}
+#else
+static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
+    int64_t cols = m->cols, G = x.groups;
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) {
+            float total = 0.f;
+            for (int64_t g = 0; g < G; g++) {
+                const int8_t *q = x.q + (t0 + t) * cols + g * GROUP;
+                int32_t dot = 0;
+                if (m->kind == INT8) {
+                    const int8_t *w = (const int8_t *)m->data + (r0 + r) * cols + g * GROUP;
+                    for (int j = 0; j < GROUP; j++) dot += w[j] * q[j];
+                    total += (float)dot * x.scale[(t0 + t) * G + g];
+                } else {
+                    const uint8_t *b = (const uint8_t *)m->data + (r0 + r) * cols / 2 + g * GROUP / 2;
+                    for (int j = 0; j < GROUP; j++) dot += (nibble(b, j) - 8) * q[j];
+                    total += (float)dot * x.scale[(t0 + t) * G + g] * m->scale[(r0 + r) * G + g];
+                }
+            }
+            y[(t0 + t) * m->rows + r0 + r] = total * (m->kind == INT8 ? m->scale[r0 + r] : 1.f);
+        }
+}
+#endif
+
+/* x [T, cols] fp32 -> int8 per group of 64, with each group's scale and sum of q */
+static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, float *scale, int32_t *sum, int threads) {
+    int64_t G = cols / GROUP;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < T * G; i++) {
+        const float *xg = x + i * GROUP;
+        float largest = 0.f;
+#pragma omp simd reduction(max : largest)
+        for (int j = 0; j < GROUP; j++) largest = fmaxf(largest, fabsf(xg[j]));
+        float inverse = largest > 0.f ? 127.f / largest : 0.f;
+        int total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int j = 0; j < GROUP; j++) {
+            float v = xg[j] * inverse;
+            v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
+            v = v < 127.f ? v : 127.f;
+            int qj = (int)nearbyintf(v);
+            q[i * GROUP + j] = (int8_t)qj;
+            total += qj;
+        }
+        scale[i] = largest / 127.f;
+        sum[i] = total;
+    }
+}
+
+#define Q8_ROW_BLOCK 32   /* rows a thread takes at a time: their int4/int8 bytes stay in L1/L2 across all tokens */
+
+/* y [T, rows] = x [T, cols] W^T, W INT8 or INT4 with cols a multiple of 64, activations in int8 (see
+ * q8_block). x holds x_size floats, y y_size. */
+int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, float *y, int64_t y_size, int threads) {
+    int status = check_matrix(m, -1, -1, "matrix", -1);
+    if (status) return status;
+    if (m->kind != INT8 && m->kind != INT4) return refuse("gemm_q8", -1, "the matrix is not int8 or int4");
+    if (m->cols % GROUP) return refuse("gemm_q8", -1, "inputs must be whole groups of 64");
+    if (T < 0 || T > MAX_DIM || !x || !y || x_size / (m->cols ? m->cols : 1) < T || y_size / (m->rows ? m->rows : 1) < T) {
+        snprintf(problem_text, sizeof problem_text, "x or y is smaller than %lld rows", (long long)T);
+        return SMALL_BUFFER;
+    }
+    int64_t cols = m->cols, G = cols / GROUP;
+    threads = threads > 0 ? threads : 1;
+    int8_t *q = malloc((size_t)(T * cols) + 1);
+    float *scale = malloc(sizeof(float) * (size_t)(T * G + 1));
+    int32_t *sum = malloc(sizeof(int32_t) * (size_t)(T * G + 1));
+    if (!q || !scale || !sum) {
+        free(q), free(scale), free(sum);
+        return OUT_OF_MEMORY;
+    }
+    quantize_q8(x, T, cols, q, scale, sum, threads);
+    q8_rows in = {q, scale, sum, G};
+    int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t first = b * Q8_ROW_BLOCK, end = first + Q8_ROW_BLOCK < m->rows ? first + Q8_ROW_BLOCK : m->rows;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) {
+            int64_t r = first;
+            for (; r + 2 <= end; r += 2) q8_block(m, r, 2, in, t, 4, y);
+            if (r < end) q8_block(m, r, 1, in, t, 4, y);
+        }
+        for (; t < T; t++)
+            for (int64_t r = first; r < end; r++) q8_block(m, r, 1, in, t, 1, y);
+    }
+    free(q), free(scale), free(sum);
+    return OK;
+}
+
+/* Rows row0 .. row0 + rows of `m` as fp32 [rows, cols] in `out` (out_size floats): the weights a
+ * prefill multiplies, a tile at a time. One pass, rows split across threads: dequantizing in
+ * torch took several passes over every tile (int4: unpack, convert, offset, scale). */
+int ew_dequantize(const ew_matrix *m, int64_t row0, int64_t rows, float *out, int64_t out_size, int threads) {
+    int status = check_matrix(m, -1, -1, "matrix", -1);
+    if (status) return status;
+    int64_t cols = m->cols;
+    if (row0 < 0 || rows < 0 || row0 + rows > m->rows || !out || (uintptr_t)out % 4 || out_size / (cols ? cols : 1) < rows) {
+        snprintf(problem_text, sizeof problem_text, "dequantize: rows %lld..%lld of %d, or an output smaller than that",
+                 (long long)row0, (long long)(row0 + rows), m->rows);
+        return SMALL_BUFFER;
+    }
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+    for (int64_t r = row0; r < row0 + rows; r++) {
+        float *y = out + (size_t)(r - row0) * cols;
+        if (m->kind == F32) {
+            memcpy(y, (const float *)m->data + (size_t)r * cols, (size_t)cols * sizeof(float));
+        } else if (m->kind == BF16) {
+            const uint16_t *w = (const uint16_t *)m->data + (size_t)r * cols;
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) y[c] = bf16_to_f32(w[c]);
+        } else if (m->kind == INT8) {
+            const int8_t *w = (const int8_t *)m->data + (size_t)r * cols;
+            float scale = m->scale[r];
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) y[c] = (float)w[c] * scale;
+        } else {
+            int64_t groups = cols / GROUP;
+            for (int64_t g = 0; g < groups; g++) {
+                const uint8_t *b = (const uint8_t *)m->data + (size_t)r * cols / 2 + g * GROUP / 2;
+                float scale = m->scale[r * groups + g], *yg = y + g * GROUP;
+#pragma omp simd
+                for (int j = 0; j < GROUP / 2; j++) {
+                    yg[j] = (float)((b[j] & 15) - 8) * scale;
+                    yg[j + GROUP / 2] = (float)((b[j] >> 4) - 8) * scale;
+                }
+            }
+        }
+    }
+    return OK;
+}
+
 /* The WKV-7 recurrence over a prefill's T tokens (everything before and after it is matrix
  * work, batched over the tokens): per head, S = S diag(w) - (S kk) b^T + v k^T with b = kk * a,
  * and y = S r, token by token. S [H, N, N] is updated in place; r, w, k, v, kk, a and y are

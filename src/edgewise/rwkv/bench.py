@@ -32,7 +32,7 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     return {
         "quant": model.quant or "fp32", "layers": model.dims.layers, "width": model.dims.width,
         "decode_kernels": native.kernels(native.library() if model.decoder() is not None else None),
-        "prefill_gemm": "fp32 (unquantized weights)" if model.quant is None else quant.prefill_gemm()[1],
+        "prefill_gemm": "fp32 (unquantized weights)" if model.quant is None else quant.prefill_gemm(model.quant)[1],
         "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": decode_tokens / decode_s,
         "decode_ms_per_token": decode_s / decode_tokens * 1e3, "peak_rss_mb": own_peak_rss_mb(),
         "weight_bytes": model.weight_bytes, "state_bytes": state.size_bytes,

@@ -121,6 +121,11 @@ def load(path: str | Path) -> ctypes.CDLL:
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.ew_gemm_q8.restype = ctypes.c_int
+    lib.ew_gemm_q8.argtypes = lib.ew_matmul.argtypes
+    lib.ew_dequantize.restype = ctypes.c_int
+    lib.ew_dequantize.argtypes = [ctypes.POINTER(Matrix), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                  ctypes.c_int64, ctypes.c_int]
     lib.ew_wkv.restype = ctypes.c_int
     lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
                            + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
@@ -258,15 +263,25 @@ def dense(tensor: torch.Tensor, keep: list[torch.Tensor]) -> Matrix:
     return Matrix(kind, tensor.shape[0], tensor.shape[1], 0, _ptr(tensor), None, _bytes(tensor), 0)
 
 
-def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
-    """x [T, cols] -> [T, rows] float32 through `ew_matmul`."""
+def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor, int8_activations: bool = False) -> torch.Tensor:
+    """x [T, cols] -> [T, rows] float32 through `ew_matmul` (the decode kernels, for a few rows) or,
+    with `int8_activations`, `ew_gemm_q8` (an int8 or int4 matrix, cols a multiple of 64: a prefill)."""
     if x.dim() != 2 or x.shape[1] != matrix.cols:
         raise ValueError(f"matmul: x must be [T, {matrix.cols}], got {list(x.shape)}")
     x = x.float().contiguous()
     y = torch.empty(x.shape[0], matrix.rows)
-    _raise_for(lib, lib.ew_matmul(ctypes.byref(matrix), _ptr(x), x.numel(), x.shape[0], _ptr(y), y.numel(),
-                                  torch.get_num_threads()), "matmul")
+    kernel = lib.ew_gemm_q8 if int8_activations else lib.ew_matmul
+    _raise_for(lib, kernel(ctypes.byref(matrix), _ptr(x), x.numel(), x.shape[0], _ptr(y), y.numel(),
+                           torch.get_num_threads()), "matmul")
     return y
+
+
+def dequantize(lib: ctypes.CDLL, matrix: Matrix, rows: range) -> torch.Tensor:
+    """Rows of a matrix as float32 [len(rows), cols] through `ew_dequantize` (rows: step 1)."""
+    out = torch.empty(len(rows), matrix.cols)
+    _raise_for(lib, lib.ew_dequantize(ctypes.byref(matrix), rows.start, len(rows), _ptr(out), out.numel(),
+                                      torch.get_num_threads()), "dequantize")
+    return out
 
 
 def wkv(lib: ctypes.CDLL, S: torch.Tensor, r, w, k, v, kk, a) -> torch.Tensor:

@@ -2,10 +2,11 @@
 
 Decode and short prompts run quantized matrices on edgewise's own kernels (`_decode.c`, through
 `native`): fp32 activations, except int8 activations (per group of 64) for int4 matrices. Long
-prompts dequantize one tile of rows at a time and run oneDNN's GEMM, in bf16 or fp32, whichever
-`prefill_gemm` measured faster on this CPU (bf16 only pays where the CPU has native bf16 dot
-products; elsewhere it is emulated). Without the compiled kernels, torch's CPU weight-only kernels
-serve (the ones torchao uses: `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
+prompts take whichever of three GEMMs `prefill_gemm` measured fastest on this CPU: int8 activations
+x int8/int4 weights in C (AVX2 maddubs), or tiles of dequantized rows through torch's GEMM in fp32
+or bf16 (bf16 only pays where the CPU has native bf16 dot products; elsewhere it is emulated).
+Without the compiled kernels, torch's CPU weight-only kernels serve (the ones torchao uses:
+`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
 """
 
 from __future__ import annotations
@@ -19,35 +20,43 @@ import torch
 from edgewise.rwkv import native
 
 INT4_GROUP = 64
-# Above this many rows (a prefill), dequantizing to bf16 and running oneDNN's bf16 GEMM beats the
-# matrix-vector kernels, which are built for decode (measured 2.4x at 512 rows on this machine).
+# Above this many rows (a prefill) a GEMM beats the matrix-vector kernels, which are built for decode
+# (measured 2.4x at 512 rows).
 DEQUANTIZE_ROWS = 16
 TILE = 4096   # output rows dequantized at a time: no copy of a whole (head) matrix at prefill
 # bf16 dot products in hardware, as /proc/cpuinfo names them (x86 AVX512-BF16 and AMX; Arm BF16)
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+GEMMS = ("int8", "fp32", "bf16")   # int8 activations in C; dequantized tiles through torch in fp32 or bf16
+_GEMM_NAMES = {"int8": "int8 activations x {kind} weights (C)", "fp32": "fp32 on dequantized tiles",
+               "bf16": "bf16 on dequantized tiles"}
 
 
 @functools.cache
-def prefill_gemm() -> tuple[torch.dtype, str]:
-    """The dtype prefill multiplies dequantized weights in, and why: bf16 and fp32 GEMMs of a
-    prefill's shape timed once on this CPU, the faster kept."""
-    x, w = torch.randn(256, 768, generator=torch.Generator().manual_seed(0)), torch.randn(768, 768)
-    best = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        a, b = x.to(dtype), w.to(dtype)
-        a @ b.T   # warm-up: oneDNN picks and caches its kernel
-        runs = []
-        for _ in range(5):
-            start = time.perf_counter()
-            a @ b.T
-            runs.append(time.perf_counter() - start)
-        best[dtype] = min(runs)
-    chosen = min(best, key=best.get)
-    other = torch.float32 if chosen == torch.bfloat16 else torch.bfloat16
+def prefill_gemm(kind: str = "int8") -> tuple[str, str]:
+    """How a prefill multiplies `kind` ("int8" | "int4") matrices, one of GEMMS, and why: each GEMM
+    timed once on this CPU on a 0.1B model's FFN shapes (128 tokens), the fastest kept."""
+    g = torch.Generator().manual_seed(0)
+    shapes = ((3072, 768), (768, 3072))   # [out, in]: the FFN's key and value
+    matrices = [KINDS[kind](torch.randn(rows, cols, generator=g) * cols ** -0.5) for rows, cols in shapes]
+    inputs = [torch.randn(128, cols, generator=g) for _, cols in shapes]
+    seconds = {}
+    for gemm in GEMMS if native.library() is not None else GEMMS[1:]:
+        def run() -> None:
+            for matrix, x in zip(matrices, inputs):
+                matrix.prefill(x, gemm)
+        run()   # warm-up: oneDNN picks and caches its kernel
+        seconds[gemm] = min(_seconds(run) for _ in range(3))
+    chosen = min(seconds, key=seconds.get)
     has = sorted(NATIVE_BF16 & native.cpu_flags())
-    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}
     hardware = f"has native bf16 dot products ({', '.join(has)})" if has else "has no native bf16 dot products"
-    return chosen, f"{name[chosen]} measured {best[other] / best[chosen]:.1f}x faster than {name[other]} here; the CPU {hardware}"
+    others = ", ".join(f"{seconds[other] / seconds[chosen]:.1f}x faster than {other}" for other in seconds if other != chosen)
+    return chosen, f"{_GEMM_NAMES[chosen].format(kind=kind)}: measured {others} here; the CPU {hardware}"
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def _bf16(x: torch.Tensor) -> torch.Tensor:
@@ -85,19 +94,35 @@ class _Quantized(Matrix, abc.ABC):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > DEQUANTIZE_ROWS:
-            dtype = prefill_gemm()[0]
-            rows = self.scale.shape[0]
-            x, y = x.to(dtype), torch.empty(x.shape[0], rows)
-            for start in range(0, rows, TILE):
-                tile = slice(start, start + TILE)
-                y[:, tile] = x @ self.dequantized(tile, dtype).T
-            return y
+            return self.prefill(x, prefill_gemm(self.kind)[0])
         lib = native.library()
         if lib is None:
             return self._torch_kernel(x)
+        return native.matmul(lib, self._view(), x)
+
+    def prefill(self, x: torch.Tensor, gemm: str) -> torch.Tensor:
+        """x [T, in] -> [T, out] float32 through one of GEMMS (int8 and C dequantization need the kernels)."""
+        lib = native.library()
+        if gemm == "int8" and lib is not None and self._view().cols % INT4_GROUP == 0:
+            return native.matmul(lib, self._view(), x, int8_activations=True)
+        dtype = torch.bfloat16 if gemm == "bf16" else torch.float32
+        rows = self.scale.shape[0]
+        x, y = x.to(dtype), torch.empty(x.shape[0], rows)
+        for start in range(0, rows, TILE):
+            tile = range(start, min(start + TILE, rows))
+            if lib is not None and dtype == torch.float32:   # one pass in C
+                weights = native.dequantize(lib, self._view(), tile)
+            else:
+                weights = self.dequantized(slice(tile.start, tile.stop), dtype)
+            y[:, tile.start:tile.stop] = x @ weights.T
+        return y
+
+    def _view(self) -> native.Matrix:
+        """The C view of this matrix, made once; the tensors it points to are kept with it."""
         if getattr(self, "_native", None) is None:
-            self._native = native.describe(self, [])
-        return native.matmul(lib, self._native, x)
+            self._keep: list[torch.Tensor] = []
+            self._native = native.describe(self, self._keep)
+        return self._native
 
     @abc.abstractmethod
     def dequantized(self, rows: slice = slice(None), dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

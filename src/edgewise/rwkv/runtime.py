@@ -23,7 +23,7 @@ from edgewise.rwkv import checkpoint, converted, native
 from edgewise.runtime.torch import load_weights
 from edgewise.rwkv.checkpoint import MATRICES, Dims
 from edgewise.rwkv.converted import CONVERTED_FORMAT
-from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, quantize
+from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, prefill_gemm, quantize
 from edgewise.rwkv.state import RWKVState
 
 FORMAT_VERSION = 2  # 2: int4 nibbles split by half-group (see quant.Int4Matrix)
@@ -252,11 +252,15 @@ class RWKV:
         prev = torch.cat([state.att_prev[i:i + 1], xa[:-1]])             # token shift
         state.att_prev[i] = xa[-1]
         mixed = xa + (prev - xa) * layer.mix                               # [6, T, C]
-        xr, xw, xk, xv, xa_, xg = mixed.to(torch.bfloat16) if self.quant else mixed
+        xr, xw, xk, xv, xa_, xg = mixed
         r, k, v = m["att.receptance.weight"](xr), m["att.key.weight"](xk), m["att.value.weight"](xv)
-        low = torch.bmm(mixed[[1, 4, 3, 5]].to(layer.lora_dtype), layer.lora_in)   # [4, T, D]: w, a, v, g
+        # bf16 LoRAs (quantized models) multiply in bf16 only where a prefill's GEMM measured bf16
+        # fastest: it is emulated, and slow, on CPUs without bf16 dot products
+        bf16 = layer.lora_dtype == torch.bfloat16 and T > 1 and prefill_gemm(self.quant)[0] == "bf16"
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        low = torch.bmm(mixed[[1, 4, 3, 5]].to(dtype), layer.lora_in.to(dtype))   # [4, T, D]: w, a, v, g
         low = torch.cat([torch.tanh(low[:1]), low[1:3], torch.sigmoid(low[3:])])
-        lw, la, lv, lg = torch.bmm(low, layer.lora_out).float()            # [4, T, C]
+        lw, la, lv, lg = torch.bmm(low, layer.lora_out.to(dtype)).float()  # [4, T, C]
         w = torch.exp(-0.606531 * torch.sigmoid(p["att.w0"] + lw))
         a = torch.sigmoid(p["att.a0"] + la)
         g = lg

@@ -35,6 +35,9 @@
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && !defined(EW_SCALAR)
 #include <arm_neon.h>
 #define EW_NEON 1
+#elif defined(__SSE2__) && defined(__x86_64__) && !defined(EW_SCALAR)
+#include <emmintrin.h>
+#define EW_SSE2 1   /* the portable x86-64 build: SSE2 is part of every x86-64 */
 #endif
 
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
@@ -379,7 +382,7 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
         const float *xg = x + g * GROUP;
         float largest = 0.f;
 #pragma omp simd reduction(max : largest)
-        for (int j = 0; j < GROUP; j++) largest = fmaxf(largest, fabsf(xg[j]));
+        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
         float inverse = largest > 0.f ? 127.f / largest : 0.f;
         int sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -397,26 +400,41 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
 }
 
 #ifdef EW_AVX2
-static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+/* Two rows at once: every activation load, offset and scale broadcast serves both. The -8 offset
+ * comes off in the integers (the group's sum of q in each of 8 lanes = 8 x sum), and each row
+ * keeps two accumulators (even and odd groups): no serial chain through a scalar or one FMA. */
+static void dot2_int4_q8(const uint8_t *w0, const uint8_t *w1, const float *scale0, const float *scale1,
+                         int4_inputs in, int n, float *out) {
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float offset = 0.f;
+    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
+    const uint8_t *w[2] = {w0, w1};
+    const float *scale[2] = {scale0, scale1};
     for (int g = 0; g < n / GROUP; g++) {
-        const uint8_t *b = w + g * GROUP / 2;
         const int8_t *xq = in.q + g * GROUP;
-        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-        __m256i d = _mm256_loadu_si256((const __m256i *)b);
-        /* unsigned nibbles x signed inputs, pairs summed to int16 (at most 2 x 15 x 127 each) */
-        __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), _mm256_loadu_si256((const __m256i *)xq));
-        __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low),
-                                          _mm256_loadu_si256((const __m256i *)(xq + 32)));
-        __m256i dot = _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones);
-        float s = scale[g] * in.scale[g];
-        if (g % 2) acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s), acc1);
-        else acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s), acc0);
-        offset += 8.f * (float)in.sum[g] * s;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
+        __m256i offset = _mm256_set1_epi32(in.sum[g]);
+        __m256 xs = _mm256_broadcast_ss(in.scale + g);
+        for (int r = 0; r < 2; r++) {
+            const uint8_t *b = w[r] + g * GROUP / 2;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m256i d = _mm256_loadu_si256((const __m256i *)b);
+            /* unsigned nibbles x signed inputs, pairs summed to int16 (at most 2 x 15 x 127 each) */
+            __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), x0);
+            __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low), x1);
+            __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones), offset);
+            __m256 s = _mm256_mul_ps(xs, _mm256_broadcast_ss(scale[r] + g));
+            acc[r][g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r][g & 1]);
+        }
     }
-    return hsum256(_mm256_add_ps(acc0, acc1)) - offset;
+    out[0] = hsum256(_mm256_add_ps(acc[0][0], acc[0][1]));
+    out[1] = hsum256(_mm256_add_ps(acc[1][0], acc[1][1]));
+}
+#define EW_INT4_PAIRS 1
+
+static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+    float out[2];
+    dot2_int4_q8(w, w, scale, scale, in, n, out);
+    return out[0];
 }
 #else
 static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
@@ -437,6 +455,88 @@ static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
     return vaddvq_f32(acc);
 }
 #endif
+#endif
+
+#ifdef EW_SSE2
+/* The portable x86-64 build (SSE2 only: no maddubs, no FMA) multiplies int8 and int4 matrices with
+ * int16 activations, one scale per group of 64: pmaddwd does 8 products per instruction where
+ * converting the weights to floats took one instruction per product and left decode bound by
+ * arithmetic. int16 keeps the activations to 1 part in 32767 of their group's largest value. */
+#define EW_INT4_Q8 1
+#define EW_INT8_Q16 1
+typedef struct { int16_t *q; int32_t *sum; float *scale; } int4_inputs;
+#define EW_Q_TYPE int16_t
+
+static void prepare_int4(const float *x, int n, int4_inputs in) {
+    for (int g = 0; g < n / GROUP; g++) {
+        const float *xg = x + g * GROUP;
+        float largest = 0.f;
+        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
+        float inverse = largest > 0.f ? 32767.f / largest : 0.f;
+        int sum = 0;
+        for (int j = 0; j < GROUP; j++) {
+            float v = xg[j] * inverse;
+            v = v > -32767.f ? v : -32767.f;   /* NaN too: converting it to an int is undefined */
+            v = v < 32767.f ? v : 32767.f;
+            int q = (int)nearbyintf(v);
+            in.q[g * GROUP + j] = (int16_t)q;
+            sum += q;
+        }
+        in.sum[g] = sum;
+        in.scale[g] = largest / 32767.f;
+    }
+}
+
+static inline float hsum128(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+}
+
+/* int8 row (cols a multiple of 64) x int16 activations; the row's scale is applied by the caller */
+static float dot_int8_q16(const int8_t *w, int4_inputs in, int n) {
+    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();
+    for (int g = 0; g < n / GROUP; g++) {
+        __m128i dot = _mm_setzero_si128();
+        _mm_prefetch((const char *)(w + g * GROUP) + PREFETCH, _MM_HINT_T0);
+        for (int i = 0; i < GROUP; i += 16) {
+            __m128i d = _mm_loadu_si128((const __m128i *)(w + g * GROUP + i));
+            __m128i lo = _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8), hi = _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8);
+            const __m128i *x = (const __m128i *)(in.q + g * GROUP + i);
+            dot = _mm_add_epi32(dot, _mm_add_epi32(_mm_madd_epi16(lo, _mm_loadu_si128(x)), _mm_madd_epi16(hi, _mm_loadu_si128(x + 1))));
+        }
+        __m128 part = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(in.scale[g]));
+        if (g & 1) acc1 = _mm_add_ps(acc1, part);
+        else acc0 = _mm_add_ps(acc0, part);
+    }
+    return hsum128(_mm_add_ps(acc0, acc1));
+}
+
+static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+    const __m128i low = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
+    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();
+    for (int g = 0; g < n / GROUP; g++) {
+        const uint8_t *b = w + g * GROUP / 2;
+        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+        __m128i d0 = _mm_loadu_si128((const __m128i *)b), d1 = _mm_loadu_si128((const __m128i *)(b + 16));
+        /* q of inputs 0..15, 16..31 (low nibbles), 32..47, 48..63 (high nibbles) */
+        __m128i nibbles[4] = {_mm_and_si128(d0, low), _mm_and_si128(d1, low), _mm_and_si128(_mm_srli_epi16(d0, 4), low),
+                              _mm_and_si128(_mm_srli_epi16(d1, 4), low)};
+        const __m128i *x = (const __m128i *)(in.q + g * GROUP);
+        /* the -8 offset: 8 x the group's sum of q, as 2 x sum in each of 4 lanes */
+        __m128i dot = _mm_sub_epi32(_mm_setzero_si128(), _mm_set1_epi32(2 * in.sum[g]));
+        for (int k = 0; k < 4; k++) {
+            dot = _mm_add_epi32(dot, _mm_madd_epi16(_mm_unpacklo_epi8(nibbles[k], zero), _mm_loadu_si128(x + 2 * k)));
+            dot = _mm_add_epi32(dot, _mm_madd_epi16(_mm_unpackhi_epi8(nibbles[k], zero), _mm_loadu_si128(x + 2 * k + 1)));
+        }
+        __m128 part = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(scale[g] * in.scale[g]));
+        if (g & 1) acc1 = _mm_add_ps(acc1, part);
+        else acc0 = _mm_add_ps(acc0, part);
+    }
+    return hsum128(_mm_add_ps(acc0, acc1));
+}
+#endif
+#ifndef EW_Q_TYPE
+#define EW_Q_TYPE int8_t
 #endif
 
 static float row_dot(const ew_matrix *m, int row, const float *x) {
@@ -504,13 +604,34 @@ static void run_jobs(const job *jobs, int count) {
             int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;
 #ifdef EW_INT4_Q8
             int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
-            int8_t q[int4 ? cols : 1];
-            int32_t sums[int4 ? pairs * 16 : 1];
-            float scales[int4 ? pairs * 16 : 1];
-            int4_inputs in = {q, sums, scales};
-            if (int4) prepare_int4(jobs[j].x, m->cols, in);
+#ifdef EW_INT8_Q16
+            int int8 = m->kind == INT8 && cols % GROUP == 0, prepared = int4 || int8;
+#else
+            int prepared = int4;
 #endif
-            for (int r = first; r < end; r++) {
+            EW_Q_TYPE q[prepared ? cols : 1];
+            int32_t sums[prepared ? pairs * 16 : 1];
+            float scales[prepared ? pairs * 16 : 1];
+            int4_inputs in = {q, sums, scales};
+            if (prepared) prepare_int4(jobs[j].x, m->cols, in);
+#endif
+            int r = first;
+#ifdef EW_INT4_PAIRS
+            for (; int4 && r + 2 <= end; r += 2) {
+                const uint8_t *w = (const uint8_t *)m->data + r * cols / 2;
+                const float *scale = m->scale + r * (cols / GROUP);
+                float y[2];
+                dot2_int4_q8(w, w + cols / 2, scale, scale + cols / GROUP, in, m->cols, y);
+                jobs[j].y[r] = activate(y[0], jobs[j].activation);
+                jobs[j].y[r + 1] = activate(y[1], jobs[j].activation);
+            }
+#endif
+#ifdef EW_INT8_Q16
+            for (; int8 && r < end; r++)
+                jobs[j].y[r] = activate(dot_int8_q16((const int8_t *)m->data + r * cols, in, m->cols) * m->scale[r],
+                                        jobs[j].activation);
+#endif
+            for (; r < end; r++) {
 #ifdef EW_INT4_Q8
                 float y = int4 ? dot_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
                                : row_dot(m, r, jobs[j].x);
@@ -749,6 +870,9 @@ int ew_features(void) {
 #ifdef EW_NEON
     features |= 8;
 #endif
+#ifdef EW_SSE2
+    features |= 16;
+#endif
     return features;
 }
 
@@ -808,6 +932,7 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
 typedef struct { const int8_t *q; const float *scale; const int32_t *sum; int64_t groups; } q8_rows;
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
+#define EW_GEMM_Q8_SIMD 1
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -918,7 +1043,7 @@ static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, floa
         const float *xg = x + i * GROUP;
         float largest = 0.f;
 #pragma omp simd reduction(max : largest)
-        for (int j = 0; j < GROUP; j++) largest = fmaxf(largest, fabsf(xg[j]));
+        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
         float inverse = largest > 0.f ? 127.f / largest : 0.f;
         int total = 0;
 #pragma omp simd reduction(+ : total)
@@ -974,6 +1099,15 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
     }
     free(q), free(scale), free(sum);
     return OK;
+}
+
+/* 1 where ew_gemm_q8 has SIMD kernels (x86 with AVX2); elsewhere it is scalar, not worth measuring */
+int ew_gemm_q8_simd(void) {
+#ifdef EW_GEMM_Q8_SIMD
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* Rows row0 .. row0 + rows of `m` as fp32 [rows, cols] in `out` (out_size floats): the weights a

@@ -150,13 +150,14 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def kernels(lib: ctypes.CDLL | None) -> str:
-    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-portable" or "torch"."""
+    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-sse2" (the portable x86-64
+    build), "c-portable" or "torch"."""
     if lib is None:
         return "torch"
     features = lib.ew_features()
     if features & 1:
         return "c-avx512" + ("-vnni" if features & 2 else "")
-    return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-portable"
+    return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-sse2" if features & 16 else "c-portable"
 
 
 _disabled = 0

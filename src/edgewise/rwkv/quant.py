@@ -40,7 +40,8 @@ def prefill_gemm(kind: str = "int8") -> tuple[str, str]:
     matrices = [KINDS[kind](torch.randn(rows, cols, generator=g) * cols ** -0.5) for rows, cols in shapes]
     inputs = [torch.randn(128, cols, generator=g) for _, cols in shapes]
     seconds = {}
-    for gemm in GEMMS if native.library() is not None else GEMMS[1:]:
+    lib = native.library()
+    for gemm in GEMMS if lib is not None and lib.ew_gemm_q8_simd() else GEMMS[1:]:
         def run() -> None:
             for matrix, x in zip(matrices, inputs):
                 matrix.prefill(x, gemm)

@@ -1,6 +1,7 @@
 /* One RWKV-7 decode step (one token, every layer) in a single call: the fused path of
- * edgewise.rwkv.runtime. Compiled on first use by native.py; the torch path is the fallback
- * and the oracle (tests compare the two).
+ * edgewise.rwkv.runtime; and the C parts of a prefill (the WKV recurrence, the int8-activation
+ * GEMM, dequantization). Built at install by setup.py, once per instruction set; the torch path
+ * is the fallback and the oracle (tests compare the two).
  *
  * Decode streams every weight once per token, so it is bound by memory bandwidth, not
  * arithmetic. The torch path spends more time dispatching ~80 small ops per layer than
@@ -14,8 +15,9 @@
  *   INT4  uint8 [rows, cols / 2], w = (q - 8) * scale[row, group of 64 inputs], q in 0..15;
  *         byte j of a group holds input j (low nibble) and input j + 32 (high nibble)
  * Activations and state are fp32, except that int4 matrices multiply int8 activations
- * (symmetric, one scale per group of 64: llama.cpp's Q4 x Q8) where the CPU has AVX512-VNNI:
- * converting nibbles to floats made int4 decode bound by arithmetic, not memory.
+ * (symmetric, one scale per group of 64: llama.cpp's Q4 x Q8) on VNNI, AVX2 and NEON, and int8
+ * and int4 matrices int16 activations on SSE2: converting weights to floats made decode bound by
+ * arithmetic, not memory.
  */
 #include <math.h>
 #include <stddef.h>

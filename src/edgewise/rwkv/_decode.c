@@ -301,6 +301,26 @@ static float dot_int4(const uint8_t *w, const float *scale, const float *x, int 
     return total;
 }
 
+/* 64 inputs -> int8, symmetric: q, the scale (largest / 127) and the sum of q (for int4's -8 offset) */
+static inline void quantize_group(const float *xg, int8_t *q, float *scale, int32_t *sum) {
+    float largest = 0.f;
+#pragma omp simd reduction(max : largest)
+    for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
+    float inverse = largest > 0.f ? 127.f / largest : 0.f;
+    int total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int j = 0; j < GROUP; j++) {
+        float v = xg[j] * inverse;
+        v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
+        v = v < 127.f ? v : 127.f;
+        int qj = (int)nearbyintf(v);   /* to nearest even, as the AVX-512 path */
+        q[j] = (int8_t)qj;
+        total += qj;
+    }
+    *scale = largest / 127.f;
+    *sum = total;
+}
+
 /* int4 matrices multiply int8 activations, quantized per group of 64 like the weights
  * (llama.cpp's Q4 x Q8), where the CPU has an integer dot product: AVX512-VNNI, AVX2's maddubs,
  * NEON's sdot. Converting nibbles to floats made int4 decode bound by arithmetic, not memory. */
@@ -380,25 +400,7 @@ static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
 typedef struct { int8_t *q; int32_t *sum; float *scale; } int4_inputs;
 
 static void prepare_int4(const float *x, int n, int4_inputs in) {
-    for (int g = 0; g < n / GROUP; g++) {
-        const float *xg = x + g * GROUP;
-        float largest = 0.f;
-#pragma omp simd reduction(max : largest)
-        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
-        float inverse = largest > 0.f ? 127.f / largest : 0.f;
-        int sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < GROUP; j++) {
-            float v = xg[j] * inverse;
-            v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
-            v = v < 127.f ? v : 127.f;
-            int q = (int)nearbyintf(v);   /* to nearest even, as the AVX-512 path */
-            in.q[g * GROUP + j] = (int8_t)q;
-            sum += q;
-        }
-        in.sum[g] = sum;
-        in.scale[g] = largest / 127.f;
-    }
+    for (int g = 0; g < n / GROUP; g++) quantize_group(x + g * GROUP, in.q + g * GROUP, in.scale + g, in.sum + g);
 }
 
 #ifdef EW_AVX2
@@ -1039,27 +1041,8 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
 
 /* x [T, cols] fp32 -> int8 per group of 64, with each group's scale and sum of q */
 static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, float *scale, int32_t *sum, int threads) {
-    int64_t G = cols / GROUP;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < T * G; i++) {
-        const float *xg = x + i * GROUP;
-        float largest = 0.f;
-#pragma omp simd reduction(max : largest)
-        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
-        float inverse = largest > 0.f ? 127.f / largest : 0.f;
-        int total = 0;
-#pragma omp simd reduction(+ : total)
-        for (int j = 0; j < GROUP; j++) {
-            float v = xg[j] * inverse;
-            v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
-            v = v < 127.f ? v : 127.f;
-            int qj = (int)nearbyintf(v);
-            q[i * GROUP + j] = (int8_t)qj;
-            total += qj;
-        }
-        scale[i] = largest / 127.f;
-        sum[i] = total;
-    }
+    for (int64_t i = 0; i < T * (cols / GROUP); i++) quantize_group(x + i * GROUP, q + i * GROUP, scale + i, sum + i);
 }
 
 #define Q8_ROW_BLOCK 32   /* rows a thread takes at a time: their int4/int8 bytes stay in L1/L2 across all tokens */

@@ -95,6 +95,14 @@ typedef struct {  /* a recurrent state: att [L, C], ffn [L, C], S [L, H, N, N] *
 
 /* -- dot products: one output of a matrix-vector product ------------------------------- */
 
+#if defined(__AVX2__) && !defined(EW_SCALAR)
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
 static inline float bf16_to_f32(uint16_t bits) {
     uint32_t u = (uint32_t)bits << 16;
     float f;
@@ -156,11 +164,6 @@ static float dot_int8(const int8_t *w, const float *x, int n) {
 }
 
 #elif defined(EW_AVX2)
-static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 static float dot_f32(const float *w, const float *x, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
@@ -937,12 +940,6 @@ typedef struct { const int8_t *q; const float *scale; const int32_t *sum; int64_
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
 #define EW_GEMM_Q8_SIMD 1
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 /* nt <= 4 tokens x nr <= 2 rows, of an INT8 (int4 = 0) or INT4 matrix; all three constant where
  * ew_gemm_q8 calls it, so that it is inlined with the accumulators in registers */
 static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
@@ -995,7 +992,7 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
     }
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < nr; r++)
-            y[(t0 + t) * rows + r0 + r] = hsum8(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
+            y[(t0 + t) * rows + r0 + r] = hsum256(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
 }
 
 static void q8_block_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {

@@ -23,7 +23,8 @@ from edgewise.rwkv import checkpoint, converted, native
 from edgewise.runtime.torch import load_weights
 from edgewise.rwkv.checkpoint import MATRICES, Dims
 from edgewise.rwkv.converted import CONVERTED_FORMAT
-from edgewise.rwkv.quant import Embedding, Matrix, fold_embedding, from_tensors, prefill_gemm, quantize
+from edgewise.rwkv.quant import (DEQUANTIZE_ROWS, Embedding, Matrix, fold_embedding, from_tensors, prefill_gemm,
+                                 quantize)
 from edgewise.rwkv.state import RWKVState
 
 FORMAT_VERSION = 2  # 2: int4 nibbles split by half-group (see quant.Int4Matrix)
@@ -256,7 +257,7 @@ class RWKV:
         r, k, v = m["att.receptance.weight"](xr), m["att.key.weight"](xk), m["att.value.weight"](xv)
         # bf16 LoRAs (quantized models) multiply in bf16 only where a prefill's GEMM measured bf16
         # fastest: it is emulated, and slow, on CPUs without bf16 dot products
-        bf16 = layer.lora_dtype == torch.bfloat16 and T > 1 and prefill_gemm(self.quant)[0] == "bf16"
+        bf16 = layer.lora_dtype == torch.bfloat16 and T > DEQUANTIZE_ROWS and prefill_gemm(self.quant)[0] == "bf16"
         dtype = torch.bfloat16 if bf16 else torch.float32
         low = torch.bmm(mixed[[1, 4, 3, 5]].to(dtype), layer.lora_in.to(dtype))   # [4, T, D]: w, a, v, g
         low = torch.cat([torch.tanh(low[:1]), low[1:3], torch.sigmoid(low[3:])])

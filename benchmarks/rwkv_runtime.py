@@ -126,9 +126,8 @@ def _against_llama_cpp(console: Console, folder: Path, checkpoint: Path, rows: d
 
     avx512 = "avx512f" in cpu_flags()
     # edgewise path -> the llama.cpp build that runs the same instruction sets
-    pairs = {p: ("native" if p == paths[0] else "avx2") for p in paths if p in ("avx512", "avx2")}
-    if not avx512 and "avx2" in pairs:
-        pairs["avx2"] = "native"
+    builds = {"avx512": "native", "avx2": "avx2" if avx512 else "native"}
+    pairs = {path: builds[path] for path in paths if path in builds}
     checks, table = [], Table(title="llama.cpp (peer) on the same checkpoint, same run", title_justify="left")
     for column in ("llama.cpp build", "type", "decode tok/s", "edgewise / llama.cpp", "prefill tok/s (512)",
                    "edgewise / llama.cpp"):

@@ -301,3 +301,13 @@ def test_c_dequantization_is_torchs_and_checks_its_rows(kind, path):
     out = torch.empty(40, 128)
     assert lib.ew_dequantize(ctypes.byref(view), 30, 11, out.data_ptr(), out.numel(), 1) == 4   # past the last row
     assert lib.ew_dequantize(ctypes.byref(view), 0, 40, out.data_ptr(), out.numel() - 1, 1) == 4
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_int4_rows_in_blocks_and_the_rows_left_over_match_the_dequantized_product(path):
+    g = torch.Generator().manual_seed(2)
+    matrix = Int4Matrix(torch.randn(7, 192, generator=g))   # a block of 4 rows (AVX2), then 3 left over
+    x = torch.randn(1, 192, generator=g)
+    got = native.matmul(kernels(path), native.describe(matrix, []), x)
+    expected = x @ matrix.dequantized(slice(None), torch.float32).T
+    assert cosine(got.numpy().ravel(), expected.numpy().ravel()) > 0.999 and relative_error(got.numpy(), expected.numpy()) < 0.02

@@ -407,41 +407,49 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
 }
 
 #ifdef EW_AVX2
-/* Two rows at once: every activation load, offset and scale broadcast serves both. The -8 offset
- * comes off in the integers (the group's sum of q in each of 8 lanes = 8 x sum), and each row
- * keeps two accumulators (even and odd groups): no serial chain through a scalar or one FMA. */
-static void dot2_int4_q8(const uint8_t *w0, const uint8_t *w1, const float *scale0, const float *scale1,
-                         int4_inputs in, int n, float *out) {
+/* Four consecutive rows at once: every activation load, offset and scale broadcast serves all four.
+ * The -8 offset comes off in the integers (the group's sum of q in each of 8 lanes = 8 x sum), and
+ * the four rows' accumulators are four independent FMA chains. */
+static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n, float *out) {
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
-    const uint8_t *w[2] = {w0, w1};
-    const float *scale[2] = {scale0, scale1};
-    for (int g = 0; g < n / GROUP; g++) {
+    const int groups = n / GROUP;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < groups; g++) {
         const int8_t *xq = in.q + g * GROUP;
         __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
         __m256i offset = _mm256_set1_epi32(in.sum[g]);
         __m256 xs = _mm256_broadcast_ss(in.scale + g);
-        for (int r = 0; r < 2; r++) {
-            const uint8_t *b = w[r] + g * GROUP / 2;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
             _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
             __m256i d = _mm256_loadu_si256((const __m256i *)b);
             /* unsigned nibbles x signed inputs, pairs summed to int16 (at most 2 x 15 x 127 each) */
             __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), x0);
             __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low), x1);
             __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones), offset);
-            __m256 s = _mm256_mul_ps(xs, _mm256_broadcast_ss(scale[r] + g));
-            acc[r][g & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r][g & 1]);
+            __m256 s = _mm256_mul_ps(xs, _mm256_broadcast_ss(scale + (size_t)r * groups + g));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r]);
         }
     }
-    out[0] = hsum256(_mm256_add_ps(acc[0][0], acc[0][1]));
-    out[1] = hsum256(_mm256_add_ps(acc[1][0], acc[1][1]));
+    for (int r = 0; r < 4; r++) out[r] = hsum256(acc[r]);
 }
-#define EW_INT4_PAIRS 1
+#define EW_INT4_ROWS 4
 
 static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
-    float out[2];
-    dot2_int4_q8(w, w, scale, scale, in, n, out);
-    return out[0];
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int g = 0; g < n / GROUP; g++) {   /* one row: the edge of dot4_int4_q8, two chains */
+        const int8_t *xq = in.q + g * GROUP;
+        __m256i d = _mm256_loadu_si256((const __m256i *)(w + g * GROUP / 2));
+        __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), _mm256_loadu_si256((const __m256i *)xq));
+        __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low),
+                                          _mm256_loadu_si256((const __m256i *)(xq + 32)));
+        __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones), _mm256_set1_epi32(in.sum[g]));
+        __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale[g] * in.scale[g]));
+        if (g & 1) acc1 = _mm256_add_ps(acc1, part);
+        else acc0 = _mm256_add_ps(acc0, part);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
 }
 #else
 static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
@@ -623,14 +631,11 @@ static void run_jobs(const job *jobs, int count) {
             if (prepared) prepare_int4(jobs[j].x, m->cols, in);
 #endif
             int r = first;
-#ifdef EW_INT4_PAIRS
-            for (; int4 && r + 2 <= end; r += 2) {
-                const uint8_t *w = (const uint8_t *)m->data + r * cols / 2;
-                const float *scale = m->scale + r * (cols / GROUP);
-                float y[2];
-                dot2_int4_q8(w, w + cols / 2, scale, scale + cols / GROUP, in, m->cols, y);
-                jobs[j].y[r] = activate(y[0], jobs[j].activation);
-                jobs[j].y[r + 1] = activate(y[1], jobs[j].activation);
+#ifdef EW_INT4_ROWS
+            for (; int4 && r + EW_INT4_ROWS <= end; r += EW_INT4_ROWS) {
+                float y[EW_INT4_ROWS];
+                dot4_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols, y);
+                for (int k = 0; k < EW_INT4_ROWS; k++) jobs[j].y[r + k] = activate(y[k], jobs[j].activation);
             }
 #endif
 #ifdef EW_INT8_Q16

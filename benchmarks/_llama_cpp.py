@@ -132,10 +132,11 @@ def gguf(checkpoint: Path, folder: Path, binaries: Path) -> dict[str, Path]:
     return files
 
 
-def bench(binaries: Path, model: Path, prompt_tokens: int, decode_tokens: int, threads: int) -> dict:
+def bench(binaries: Path, model: Path, prompt_tokens: int, decode_tokens: int, threads: int,
+          repetitions: int = 3) -> dict:
     """llama-bench's prefill (pp) and decode (tg) tokens/s: {"prefill_tokens_per_s", "decode_tokens_per_s"}."""
     done = subprocess.run([str(binaries / "llama-bench"), "-m", str(model), "-p", str(prompt_tokens),
-                           "-n", str(decode_tokens), "-t", str(threads), "-r", "3", "-o", "json"],
+                           "-n", str(decode_tokens), "-t", str(threads), "-r", str(repetitions), "-o", "json"],
                           capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise Unavailable(f"llama-bench failed on {model.name}: {done.stderr.strip().splitlines()[-1:]}")

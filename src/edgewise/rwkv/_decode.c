@@ -606,17 +606,24 @@ static inline float activate(float y, int activation) {
 
 /* Called by every thread of the team: each takes a contiguous share of all rows of all jobs,
  * balanced by weights read; ends with a barrier. */
+/* The bytes of weights a row streams, in halves of a byte: decode is bound by them, so threads
+ * share jobs by bytes, not by weights (a bf16 LoRA row weighs 4x an int4 row of the same width). */
+static int64_t row_weight(const ew_matrix *m) {
+    int64_t cols = m->cols > 0 ? m->cols : 1;   /* at least 1: rows are found by dividing by it */
+    return m->kind == F32 ? 8 * cols : m->kind == BF16 ? 4 * cols : m->kind == INT8 ? 2 * cols : cols;
+}
+
 static void run_jobs(const job *jobs, int count) {
     int64_t total = 0;
-    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * jobs[j].m->cols;
+    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * row_weight(jobs[j].m);
     int t = omp_get_thread_num(), threads = omp_get_num_threads();
     int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
     for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols, size = (int64_t)m->rows * cols;
+        int64_t cols = m->cols, unit = row_weight(m), size = (int64_t)m->rows * unit;
         if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
-            int first = lo > pos ? (int)((lo - pos + cols - 1) / cols) : 0;
-            int end = hi < pos + size ? (int)((hi - pos + cols - 1) / cols) : m->rows;
+            int first = lo > pos ? (int)((lo - pos + unit - 1) / unit) : 0;
+            int end = hi < pos + size ? (int)((hi - pos + unit - 1) / unit) : m->rows;
 #ifdef EW_INT4_Q8
             int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
 #ifdef EW_INT8_Q16

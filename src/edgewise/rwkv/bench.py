@@ -17,8 +17,10 @@ def measure(model: RWKV, prompt_tokens: int = 512, decode_tokens: int = 64, devi
     """Tokens/s for a `prompt_tokens` prefill and `decode_tokens` one-at-a-time steps."""
     rng = np.random.default_rng(seed)
     prompt = rng.integers(1, model.dims.vocab, prompt_tokens).tolist()
-    logits, warm = model.forward(prompt[:16], use_cache=False)     # warm-up: prefill, and decode
-    model.forward([int(np.argmax(logits))], warm, use_cache=False)    # (builds the fused decode step)
+    # warm-up: a prefill long enough to take the GEMM path (whose kind is timed once, at first use),
+    # and a decode step (builds the fused decode step)
+    logits, warm = model.forward(prompt[:quant.DEQUANTIZE_ROWS + 16], use_cache=False)
+    model.forward([int(np.argmax(logits))], warm, use_cache=False)
     wall, cpu = time.perf_counter(), time.process_time()
     logits, state = model.forward(prompt, use_cache=False)
     prefill_s, prefill_cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -306,7 +306,7 @@ def test_c_dequantization_is_torchs_and_checks_its_rows(kind, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_int4_rows_in_blocks_and_the_rows_left_over_match_the_dequantized_product(path):
     g = torch.Generator().manual_seed(2)
-    matrix = Int4Matrix(torch.randn(7, 192, generator=g))   # a block of 4 rows (AVX2), then 3 left over
+    matrix = Int4Matrix(torch.randn(7, 192, generator=g))   # a block of 4 rows (AVX2, SSE2), then 3 left over
     x = torch.randn(1, 192, generator=g)
     got = native.matmul(kernels(path), native.describe(matrix, []), x)
     expected = x @ matrix.dequantized(slice(None), torch.float32).T

@@ -526,6 +526,36 @@ static float dot_int8_q16(const int8_t *w, int4_inputs in, int n) {
     return hsum128(_mm_add_ps(acc0, acc1));
 }
 
+/* Four consecutive rows at once, as on AVX2: the group's activations are loaded once for all four, and
+ * each row's eight products are summed as a tree, not one chain. */
+static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n, float *out) {
+    const __m128i low = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
+    const int groups = n / GROUP;
+    __m128 acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int g = 0; g < groups; g++) {
+        const __m128i *xp = (const __m128i *)(in.q + g * GROUP);
+        __m128i x[8];
+        for (int k = 0; k < 8; k++) x[k] = _mm_loadu_si128(xp + k);
+        __m128i offset = _mm_set1_epi32(2 * in.sum[g]);
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m128i d0 = _mm_loadu_si128((const __m128i *)b), d1 = _mm_loadu_si128((const __m128i *)(b + 16));
+            __m128i n0 = _mm_and_si128(d0, low), n1 = _mm_and_si128(d1, low);
+            __m128i n2 = _mm_and_si128(_mm_srli_epi16(d0, 4), low), n3 = _mm_and_si128(_mm_srli_epi16(d1, 4), low);
+            __m128i s0 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n0, zero), x[0]), _mm_madd_epi16(_mm_unpackhi_epi8(n0, zero), x[1]));
+            __m128i s1 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n1, zero), x[2]), _mm_madd_epi16(_mm_unpackhi_epi8(n1, zero), x[3]));
+            __m128i s2 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n2, zero), x[4]), _mm_madd_epi16(_mm_unpackhi_epi8(n2, zero), x[5]));
+            __m128i s3 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n3, zero), x[6]), _mm_madd_epi16(_mm_unpackhi_epi8(n3, zero), x[7]));
+            __m128i dot = _mm_sub_epi32(_mm_add_epi32(_mm_add_epi32(s0, s1), _mm_add_epi32(s2, s3)), offset);
+            __m128 s = _mm_set1_ps(scale[(size_t)r * groups + g] * in.scale[g]);
+            acc[r] = _mm_add_ps(acc[r], _mm_mul_ps(_mm_cvtepi32_ps(dot), s));
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum128(acc[r]);
+}
+#define EW_INT4_ROWS 4
+
 static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
     const __m128i low = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
     __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();

@@ -4,6 +4,7 @@ import torch
 
 from edgewise.errors import EdgewiseError
 from edgewise.rwkv import RWKV, RWKVState, checkpoint, reference
+from edgewise.rwkv.state import StateBatch
 from tests.rwkv.conftest import cosine, reference_package, relative_error
 
 TOKENS = [1, 5, 77, 3, 42, 200, 7, 9, 64, 65, 66, 2]
@@ -49,6 +50,33 @@ def test_quantized_runtime_stays_close(checkpoints, quant, min_cosine):
     if quant == "int8":  # int4 on random Gaussian weights reorders near-tied logits; its quality is
         assert np.argmax(expected) == np.argmax(logits)  # judged by perplexity on the trained model
     assert model.weight_bytes < RWKV.load(checkpoints["other"]).weight_bytes / (3.5 if quant == "int8" else 5)
+
+
+@pytest.mark.parametrize("quant, min_cosine", [(None, 0.99999), ("int8", 0.9995), ("int4", 0.999)])
+def test_a_batch_step_advances_every_stream_as_its_own_decode_would(checkpoints, quant, min_cosine):
+    model = RWKV.load(checkpoints["other"], quant=quant)
+    prompts = [TOKENS[:3], TOKENS[2:9], TOKENS[5:6]]
+    states = [model.forward(p, use_cache=False)[1] for p in prompts]
+    batch = StateBatch.stack(states)
+    for step in ([4, 8, 15], [16, 23, 42]):   # two steps: the states the first wrote are the ones read next
+        expected = []
+        for b, token in enumerate(step):
+            logits, states[b] = model.forward([token], states[b], use_cache=False)
+            expected.append(logits)
+        got = model.step(step, batch)
+        assert got.shape == (3, model.dims.vocab)
+        assert min(cosine(g, e) for g, e in zip(got, expected)) > min_cosine
+    # quantized: the batch's GEMM quantizes its activations to int8, a decode step keeps them fp32
+    assert relative_error(batch.get(1).S.numpy(), states[1].S.numpy()) < (0.05 if quant else 1e-5)
+    # a stream leaves, another joins: the others carry on from their own rows
+    second = batch.get(1)
+    batch = batch.without([0]).joined(states[0])
+    assert len(batch) == 3 and torch.equal(batch.get(2).S, states[0].S) and torch.equal(batch.get(0).S, second.S)
+    assert batch.without([0, 1, 2]) is None
+    single = StateBatch.stack([states[2]])
+    assert cosine(model.step([9], single)[0], model.forward([9], states[2], use_cache=False)[0]) > 0.99999
+    with pytest.raises(EdgewiseError, match="2 tokens for 1 streams"):
+        model.step([1, 2], single)
 
 
 def test_state_save_load_gives_identical_logits(tmp_path, checkpoints):

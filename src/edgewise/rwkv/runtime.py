@@ -25,7 +25,7 @@ from edgewise.rwkv.checkpoint import MATRICES, Dims
 from edgewise.rwkv.converted import CONVERTED_FORMAT
 from edgewise.rwkv.quant import (DEQUANTIZE_ROWS, Embedding, Matrix, fold_embedding, from_tensors, prefill_gemm,
                                  quantize)
-from edgewise.rwkv.state import RWKVState
+from edgewise.rwkv.state import RWKVState, StateBatch
 
 FORMAT_VERSION = 2  # 2: int4 nibbles split by half-group (see quant.Int4Matrix)
 PREFILL_CHUNK = 256  # tokens per prefill pass: bounds activation memory; 256 keeps the GEMMs efficient
@@ -236,8 +236,26 @@ class RWKV:
         return np.concatenate([self._run(torch.tensor(tokens[start:start + PREFILL_CHUNK]), state, every=True)
                                for start in range(0, len(tokens), PREFILL_CHUNK)])
 
-    def _run(self, tokens: torch.Tensor, state: RWKVState, every: bool = False) -> np.ndarray:
+    @torch.inference_mode()
+    def step(self, tokens: list[int], batch: StateBatch) -> np.ndarray:
+        """One token for each stream of `batch` at once (continuous batching): logits [B, vocab];
+        the batch advances in place. Every matrix multiplies all B rows in one pass, so its weights
+        are read once per step; a batch of one takes the fused decode step."""
+        tokens = [int(t) for t in tokens]
+        if len(tokens) != len(batch):
+            raise EdgewiseError(f"step got {len(tokens)} tokens for {len(batch)} streams")
+        bad = [t for t in tokens if not 0 <= t < self.dims.vocab]
+        if bad:
+            raise EdgewiseError(f"token id {bad[0]} is out of range: the vocabulary has ids 0..{self.dims.vocab - 1}")
+        if len(tokens) == 1:
+            logits, after = self.forward(tokens, batch.get(0), use_cache=False)
+            batch.set(0, after)
+            return logits[None]
+        return self._run(torch.tensor(tokens), _Streams(batch), every=True)
+
+    def _run(self, tokens: torch.Tensor, state: RWKVState | _Streams, every: bool = False) -> np.ndarray:
         x = self.emb(tokens)                                               # [T, C]
+        state = _Sequence(state) if isinstance(state, RWKVState) else state
         v_first = None
         for i, layer in enumerate(self.layers):
             dx, v_first = self._time_mix(i, layer, x, state, v_first)
@@ -250,8 +268,7 @@ class RWKV:
     def _time_mix(self, i: int, layer: _Layer, x: torch.Tensor, state: RWKVState, v_first):
         p, m, (T, C), H, N = layer.p, layer.m, x.shape, self.dims.heads, self.dims.head_size
         xa = F.layer_norm(x, (C,), p["ln1.weight"], p["ln1.bias"])
-        prev = torch.cat([state.att_prev[i:i + 1], xa[:-1]])             # token shift
-        state.att_prev[i] = xa[-1]
+        prev = state.shift("att_prev", i, xa)                             # token shift
         mixed = xa + (prev - xa) * layer.mix                               # [6, T, C]
         xr, xw, xk, xv, xa_, xg = mixed
         r, k, v = m["att.receptance.weight"](xr), m["att.key.weight"](xk), m["att.value.weight"](xv)
@@ -271,7 +288,7 @@ class RWKV:
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(p["att.v0"] + lv)
-        y = _wkv(state.S[i], r, w, k, v, kk, a, H, N)                      # [T, C]
+        y = state.wkv(i, r, w, k, v, kk, a, H, N)                         # [T, C]
         y = F.group_norm(y, H, p["att.ln_x.weight"], p["att.ln_x.bias"], eps=64e-5)
         bonus = (r * k * p["att.r_k"].reshape(-1)).view(T, H, N).sum(-1, keepdim=True) * v.view(T, H, N)
         return m["att.output.weight"]((y + bonus.view(T, C)) * g), v_first
@@ -279,10 +296,44 @@ class RWKV:
     def _channel_mix(self, i: int, layer: _Layer, x: torch.Tensor, state: RWKVState) -> torch.Tensor:
         p, m = layer.p, layer.m
         xf = F.layer_norm(x, (self.dims.width,), p["ln2.weight"], p["ln2.bias"])
-        prev = torch.cat([state.ffn_prev[i:i + 1], xf[:-1]])
-        state.ffn_prev[i] = xf[-1]
+        prev = state.shift("ffn_prev", i, xf)
         hidden = torch.relu(m["ffn.key.weight"](xf + (prev - xf) * p["ffn.x_k"])) ** 2
         return m["ffn.value.weight"](hidden)
+
+
+class _Sequence:
+    """The rows of x are one stream's consecutive tokens: each shifts in the one before it."""
+
+    def __init__(self, state: RWKVState) -> None:
+        self.state = state
+
+    def shift(self, name: str, i: int, x: torch.Tensor) -> torch.Tensor:
+        kept = getattr(self.state, name)
+        prev = torch.cat([kept[i:i + 1], x[:-1]])
+        kept[i] = x[-1]
+        return prev
+
+    def wkv(self, i: int, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
+        return _wkv(self.state.S[i], r, w, k, v, kk, a, H, N)
+
+
+class _Streams:
+    """The rows of x are the next tokens of different streams, each with its own state."""
+
+    def __init__(self, batch: StateBatch) -> None:
+        self.batch = batch
+
+    def shift(self, name: str, i: int, x: torch.Tensor) -> torch.Tensor:
+        kept = getattr(self.batch, name)[i]                                 # [B, C]
+        prev = kept.clone()
+        kept.copy_(x)
+        return prev
+
+    def wkv(self, i: int, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
+        # B streams of H heads, one token each, are B x H heads of one token: one call
+        S, B = self.batch.S[i], len(self.batch)                            # [B, H, N, N], contiguous
+        rows = (t.reshape(1, B * H * N) for t in (r, w, k, v, kk, a))
+        return _wkv(S.view(B * H, N, N), *rows, B * H, N).view(B, H * N)
 
 
 def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:

@@ -187,6 +187,34 @@ def optimize(
         raise typer.Exit(130)
 
 
+@app.command()
+def serve(
+    models_dir: Annotated[Path, typer.Argument(help="Folder of models: folders written by compress/optimize, RWKV-7 files.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    memory_budget: Annotated[str, typer.Option(help="Bytes the resident models may take, measured: 2GB, 512MiB.")] = "2GB",
+    api_key: Annotated[Optional[str], typer.Option(envvar="EDGEWISE_API_KEY", help="Required as 'Authorization: Bearer KEY' (default: one is made and printed).")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No API key (only on a loopback address).")] = False,
+    pin: Annotated[Optional[list[str]], typer.Option(help="Keep this model resident (repeatable).")] = None,
+    keep_alive: Annotated[str, typer.Option(help="Unload a model idle this long: 30s, 5m, 1h; 0 = never.")] = "5m",
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests in flight or waiting per model; more get 503.")] = 32,
+    max_body: Annotated[str, typer.Option(help="Largest request body; larger get 413.")] = "1MiB",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Cap of a request's max_tokens.")] = 4096,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Compute threads (default: all cores).")] = None,
+    grace: Annotated[str, typer.Option(help="On SIGTERM, time to finish requests in flight.")] = "30s",
+    device: Annotated[Optional[str], typer.Option(help="Device profile for the energy estimate.")] = None,
+) -> None:
+    """Serve many models behind one OpenAI-compatible API (and KServe v2) within a memory budget.
+
+    RWKV-7 files answer /v1/completions and /v1/chat/completions; text encoders /v1/embeddings;
+    every ONNX model /v2/models/ID/infer. /v1/models lists them, /metrics is Prometheus.
+    """
+    from edgewise.serve import serve as run
+
+    run(str(models_dir), host, port, memory_budget, api_key, no_auth, tuple(pin or ()), keep_alive, max_queue,
+        max_body, max_tokens, threads, grace, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line on stderr and exit 2; bugs still raise."""
     try:

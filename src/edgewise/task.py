@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 
 from edgewise.data import Inputs, alternate, concat, first_inputs, iter_batches
 from edgewise.errors import EdgewiseError
+from edgewise.files import atomic_path
 from edgewise.measure.quality import Metric, resolve_metric
 
 
@@ -33,6 +35,8 @@ class Task:
         example_input: inputs used for export and latency; defaults to one sample of `eval`.
         name: a short name for reports.
         transformer: ORT fusion hints for BERT-like models (see `runtime.onnx.export`).
+        assets: files a server needs beside the model (a text encoder's tokenizer.json), copied
+            into every folder `compress` and `optimize` write.
         validation: split on which compression and search make their choices (early stopping,
             the accuracy guard, the search's metric). Without it, every other sample of `eval`
             is used for choosing and the rest for the stated figure (see `holdout`).
@@ -58,6 +62,7 @@ class Task:
     name: str = "task"
     transformer: dict | None = None
     validation: Any = None
+    assets: tuple[Path, ...] = ()
     _reference: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +78,12 @@ class Task:
                                 f"not {type(self.model).__name__}")
         if self.calibration is None:
             self.calibration = self.train
+
+    def write_assets(self, out: str | Path) -> None:
+        """Copy `assets` into `out`, each atomically."""
+        for asset in self.assets:
+            with atomic_path(Path(out) / Path(asset).name) as tmp:
+                shutil.copyfile(asset, tmp)
 
     def holdout(self) -> tuple[Task, Task]:
         """(choosing, stating): the task whose eval is the validation split, for every decision,

@@ -179,5 +179,6 @@ def write_artifacts(result: CompressResult, out: str | Path, extra: dict | None 
     card = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": result.final.task.name,
             "metric": result.final.task.metric.name, "recipe": result.final.name, **result.to_json(),
             "machine": describe(), "accuracy_holds_for": accuracy_holds_for(result.final.name), **(extra or {})}
+    result.final.task.write_assets(out)
     write_json(out / "card.json", card)
     return out

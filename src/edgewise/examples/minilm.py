@@ -130,4 +130,5 @@ def load(train_sentences: int | None = None, validation_sentences: int = 600, te
                 calibration=(tokenize(tokenizer, train[:300], EVAL_SEQUENCE),),
                 validation=(tokenize(tokenizer, validation, EVAL_SEQUENCE),),
                 eval=(tokenize(tokenizer, test, EVAL_SEQUENCE),),
-                metric="cosine", name="minilm", transformer=dict(TRANSFORMER))
+                metric="cosine", name="minilm", transformer=dict(TRANSFORMER),
+                assets=(Path(_model_dir()) / "tokenizer.json",))   # what /v1/embeddings needs to serve it

@@ -183,6 +183,7 @@ def write_outputs(result: OptimizeResult, out: str | Path) -> Path:
     out = Path(out)
     with atomic_path(out / "model.onnx") as tmp:
         shutil.copyfile(result.chosen_candidate.onnx(), tmp)
+    result.chosen_candidate.task.write_assets(out)
     write_json(out / "candidates.json", [t.to_json() for t in result.trials])
     write_json(out / "card.json", card(result))
     write_text(out / "report.md", render_markdown(result))

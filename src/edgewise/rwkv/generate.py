@@ -9,29 +9,54 @@ from edgewise.rwkv.sampling import Sampler, Sampling
 from edgewise.rwkv.tokenizer import END_OF_TEXT, WorldTokenizer
 
 
+class TextStream:
+    """Turns one stream's sampled tokens into text: whole UTF-8 characters only, and nothing that
+    could still become a stop string (which is never emitted). `push` a token, get the text that is
+    safe to show; `stopped` is set at end-of-text or a stop string; `finish` flushes the rest."""
+
+    def __init__(self, tokenizer: WorldTokenizer, stop: tuple[str, ...] = ()) -> None:
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.decoder = tokenizer.stream_decoder()
+        self.pending = ""  # text held back while it could still become a stop string
+        self.stopped: str | None = None   # "stop" (end-of-text or a stop string) once it happened
+
+    def push(self, token: int) -> str:
+        if token == END_OF_TEXT:
+            self.stopped = "stop"
+            return self.finish()
+        self.pending += self.decoder.decode(self.tokenizer.decode_bytes([token]))
+        hit = min((self.pending.index(s) for s in self.stop if s in self.pending), default=None)
+        if hit is not None:
+            self.stopped = "stop"
+            text, self.pending = self.pending[:hit], ""
+            return text
+        safe = len(self.pending) - _partial_stop(self.pending, self.stop)
+        text, self.pending = self.pending[:safe], self.pending[safe:]
+        return text
+
+    def finish(self) -> str:
+        text, self.pending = self.pending + self.decoder.decode(b"", final=True), ""
+        return text
+
+
 def generate(model: RWKV, tokenizer: WorldTokenizer, prompt: str, max_tokens: int = 100,
              sampling: Sampling | None = None, stop: tuple[str, ...] = ()) -> Iterator[str]:
     """Yield text pieces as they are decoded; stop at `max_tokens`, end-of-text or a stop string
     (which is not yielded)."""
     sampler = Sampler(sampling or Sampling(), model.dims.vocab)
-    decoder = tokenizer.stream_decoder()
+    text = TextStream(tokenizer, stop)
     logits, state = model.forward(tokenizer.encode(prompt) or [END_OF_TEXT])
-    pending = ""  # text held back while it could still become a stop string
     for _ in range(max_tokens):
         token = sampler(logits)
-        if token == END_OF_TEXT:
-            break
-        pending += decoder.decode(tokenizer.decode_bytes([token]))
-        hit = min((pending.index(s) for s in stop if s in pending), default=None)
-        if hit is not None:
-            yield pending[:hit]
+        piece = text.push(token)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        safe = len(pending) - _partial_stop(pending, stop)
-        if safe:
-            yield pending[:safe]
-            pending = pending[safe:]
         logits, state = model.forward([token], state, use_cache=False)
-    yield pending + decoder.decode(b"", final=True)
+    tail = text.finish()
+    if tail:
+        yield tail
 
 
 def _partial_stop(text: str, stop: tuple[str, ...]) -> int:

@@ -146,6 +146,15 @@ class RWKV:
     def save(self, path: str | Path) -> Path:
         """Write this model, quantized as loaded, as safetensors (the format states use too):
         plain tensors, nothing a loader could execute."""
+        tensors = self.tensors()
+        with atomic_path(path) as tmp:
+            # clone: views of one buffer (embedding parts, packed matrices) are stored apart
+            save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                      metadata={"format": CONVERTED_FORMAT})
+        return Path(path)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of this model by its name in a converted file, the format header first."""
         d = self.dims
         header = [d.layers, d.width, d.heads, d.head_size, d.vocab, d.ffn, {None: 0, "int8": 8, "int4": 4}[self.quant],
                   FORMAT_VERSION]
@@ -155,11 +164,16 @@ class RWKV:
             tensors.update({f"blocks.{i}.{k}": v for k, v in layer.p.items()})
             for name, matrix in layer.m.items():
                 tensors.update(matrix.tensors(f"blocks.{i}.{name}"))
-        with atomic_path(path) as tmp:
-            # clone: views of one buffer (embedding parts, packed matrices) are stored apart
-            save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
-                      metadata={"format": CONVERTED_FORMAT})
-        return Path(path)
+        return tensors
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of memory this model's tensors hold (each buffer once, however many views it has)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in self.tensors().values()}
+        for layer in self.layers:   # what loading adds beyond the file: the stacked mixes and LoRAs
+            for t in (layer.mix, layer.lora_in, layer.lora_out):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(storages.values())
 
     @property
     def weight_bytes(self) -> int:

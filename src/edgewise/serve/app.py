@@ -1,0 +1,474 @@
+"""The HTTP API: OpenAI-compatible routes (models, completions, chat, embeddings), the Open
+Inference Protocol (KServe v2) for any ONNX model, health and Prometheus metrics.
+
+Routes are thin: parse, ask the pool for the model, run it, answer. Errors are OpenAI-style
+objects ({"error": {"message", "type", "code"}}) on /v1 and KServe's {"error": message} on /v2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from sse_starlette.sse import EventSourceResponse
+
+from edgewise.errors import EdgewiseError
+from edgewise.measure import energy
+from edgewise.rwkv.sampling import Sampling
+from edgewise.serve.batching import Request as Generation
+from edgewise.serve.batching import Stream
+from edgewise.serve.metrics import Metrics
+from edgewise.serve.pool import ModelNotFound, ModelPool, ModelTooLarge, PoolBusy
+from edgewise.serve.runners import DATATYPES
+
+PUBLIC = ("/health", "/v2/health/", "/openapi.json")
+CHAT_STOP = "\n\nUser:"   # where an RWKV World chat model's answer ends: the next turn begins
+
+
+@dataclass
+class Settings:
+    models_dir: str
+    budget: int
+    api_key: str | None = None          # None: no auth (only allowed on loopback; the CLI checks)
+    pins: tuple[str, ...] = ()
+    keep_alive: float | None = 300.0     # seconds; None: never unload an idle model
+    max_queue: int = 32                  # requests in flight or waiting per model
+    max_body: int = 1 << 20              # bytes
+    max_tokens: int = 4096               # cap of max_tokens
+    threads: int | None = None
+    device: str = energy.DEFAULT_PROFILE
+    extra: dict = field(default_factory=dict)
+
+
+# -- request bodies (their schema is the OpenAPI schema) -----------------------------------
+class _Generation(BaseModel):
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+    n: int = Field(1, ge=1, le=1)
+    user: Optional[str] = None
+
+
+class CompletionRequest(_Generation):
+    prompt: Union[str, list[str]] = ""
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[dict[str, Any]], None] = None
+
+
+class ChatRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float"] = "float"
+    user: Optional[str] = None
+
+
+class _Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferRequest(BaseModel):
+    id: Optional[str] = None
+    inputs: list[_Tensor] = Field(min_length=1)
+    outputs: Optional[list[dict[str, Any]]] = None
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
+
+
+def _error(request_path: str, status: int, message: str, kind: str = "invalid_request_error",
+           code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = ({"error": message} if request_path.startswith("/v2") else
+            {"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The RWKV World chat format: "User: ...\\n\\nAssistant: ...", ending with "Assistant:". An
+    assistant turn is written back exactly as it was generated (its leading space included), so
+    that a conversation sent back finds its cached state."""
+    turns = []
+    for m in messages:
+        content = m.content if isinstance(m.content, str) else "".join(
+            part.get("text", "") for part in m.content or [] if isinstance(part, dict))
+        role = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}[m.role]
+        turns.append(f"{role}:{content}" if content[:1].isspace() else f"{role}: {content}")
+    return "\n\n".join(turns) + "\n\nAssistant:"
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.watts = energy.profile(settings.device).watts_per_core
+        self.depth: dict[str, int] = {}
+        self.pool = ModelPool(settings.models_dir, settings.budget, settings.pins, settings.keep_alive,
+                              settings.threads)
+        self.metrics = Metrics(self.pool.resident_bytes, settings.budget, lambda: dict(self.depth))
+        self.pool.metrics = self.metrics
+
+    # -- the model of a request, counted in its queue ------------------------------------------
+    @asynccontextmanager
+    async def model(self, model_id: str, kinds: tuple[str, ...], route: str):
+        model = self.pool.find(model_id)
+        if model.kind not in kinds:
+            what = {"rwkv": "an RWKV language model", "embedding": "a text encoder", "onnx": "an ONNX model"}
+            raise HTTPError(400, f"the model {model_id} is {what[model.kind]}: use "
+                            f"{'/v1/completions or /v1/chat/completions' if model.kind == 'rwkv' else '/v1/embeddings' if model.kind == 'embedding' else '/v2/models/' + model_id + '/infer'}",
+                            code="wrong_model_kind")
+        if self.depth.get(model_id, 0) >= self.settings.max_queue:
+            raise HTTPError(503, f"the model {model_id} has {self.settings.max_queue} requests queued; retry shortly",
+                            kind="server_error", code="queue_full", headers={"Retry-After": "1"})
+        self.depth[model_id] = self.depth.get(model_id, 0) + 1
+        try:
+            resident, cold = await self.pool.acquire(model_id)
+            try:
+                yield resident, cold
+            finally:
+                self.pool.release(resident)
+        finally:
+            self.depth[model_id] -= 1
+
+    def usage(self, prompt: int, completion: int, cached: int, cpu_s: float, cold: bool, load_s: float) -> dict:
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached},
+                "energy_j": round(energy.estimate_energy_j(cpu_s, self.watts), 6), "energy_estimated": True,
+                "cold_load": cold, **({"load_seconds": round(load_s, 4)} if cold else {})}
+
+    # -- generation ----------------------------------------------------------------------------
+    def _generation(self, body: _Generation, prompt: str, chat: bool) -> Generation:
+        asked = body.max_completion_tokens or body.max_tokens or 256
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        if len(stop) > 4:
+            raise HTTPError(400, "stop takes at most 4 strings", code="invalid_stop")
+        if chat:
+            stop = stop + (CHAT_STOP,)
+        sampling = Sampling(temperature=body.temperature, top_p=body.top_p, presence_penalty=body.presence_penalty,
+                            frequency_penalty=body.frequency_penalty, seed=body.seed)
+        return Generation(prompt, min(asked, self.settings.max_tokens), sampling, stop)
+
+    async def generate(self, request: Request, body: _Generation, prompt: str, chat: bool):
+        started = time.perf_counter()
+        generation = self._generation(body, prompt, chat)
+        route = "chat" if chat else "completions"
+        stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        context = self.model(body.model, ("rwkv",), route)
+        resident, cold = await context.__aenter__()
+        stream = Stream(generation, asyncio.get_running_loop())
+        resident.runner.submit(stream)
+
+        def chunk(text: str | None, finish: str | None) -> dict:
+            if chat:
+                delta = {"role": "assistant", "content": text} if text is not None else {}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                return {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                        "choices": [choice]}
+            return {"id": stream_id, "object": "text_completion", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+
+        async def events():
+            """(text, finish_reason) until the end; the stream is cancelled if the consumer stops."""
+            first = True
+            try:
+                while True:
+                    kind, value = await stream.events.get()
+                    if kind == "error":
+                        raise HTTPError(500, value, kind="server_error")
+                    if kind == "text":
+                        if first:
+                            self.metrics.ttft.labels(body.model).observe(time.perf_counter() - started)
+                            first = False
+                        yield value, None
+                    else:
+                        yield None, value
+                        return
+            finally:
+                stream.cancelled = True   # a no-op when it ended; else it leaves at the next token
+
+        def finished(status: int) -> dict:
+            usage = self.usage(stream.prompt_tokens, stream.completion_tokens, stream.cached_tokens, stream.cpu_s,
+                               cold, resident.load_seconds)
+            self.metrics.requests.labels(body.model, route, str(status)).inc()
+            self.metrics.latency.labels(body.model, route).observe(time.perf_counter() - started)
+            self.metrics.tokens.labels(body.model, "prompt").inc(stream.prompt_tokens)
+            self.metrics.tokens.labels(body.model, "cached").inc(stream.cached_tokens)
+            self.metrics.tokens.labels(body.model, "completion").inc(stream.completion_tokens)
+            self.metrics.energy.labels(body.model).inc(usage["energy_j"])
+            return usage
+
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+            async def sse():
+                try:
+                    async for text, finish in events():
+                        yield {"data": json.dumps(chunk(text, finish))}
+                    usage = finished(200)
+                    if include_usage:
+                        yield {"data": json.dumps({**chunk(None, None), "choices": [], "usage": usage})}
+                    yield {"data": "[DONE]"}
+                except HTTPError as exc:
+                    yield {"data": json.dumps({"error": {"message": exc.message, "type": exc.kind, "code": exc.code}})}
+                finally:
+                    await context.__aexit__(None, None, None)
+
+            return EventSourceResponse(sse(), ping=15)
+
+        try:
+            parts, finish = [], "stop"
+            pending = events()
+            while True:
+                try:
+                    text, reason = await asyncio.wait_for(pending.__anext__(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        stream.cancelled = True
+                    continue
+                except StopAsyncIteration:
+                    break
+                if text is not None:
+                    parts.append(text)
+                else:
+                    finish = reason
+            usage = finished(200)
+        finally:
+            await context.__aexit__(None, None, None)
+        text = "".join(parts)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+            return {"id": stream_id, "object": "chat.completion", "created": created, "model": body.model,
+                    "choices": [choice], "usage": usage}
+        return {"id": stream_id, "object": "text_completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage}
+
+    # -- embeddings and KServe ---------------------------------------------------------------
+    async def embeddings(self, body: EmbeddingRequest) -> dict:
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts or len(texts) > 256:
+            raise HTTPError(400, "input takes 1 to 256 texts", code="invalid_input")
+        started = time.perf_counter()
+        async with self.model(body.model, ("embedding",), "embeddings") as (resident, cold):
+            cpu = time.process_time()
+            vectors, tokens = await asyncio.to_thread(resident.runner.embed, texts)
+            cpu_s = time.process_time() - cpu
+        self.metrics.requests.labels(body.model, "embeddings", "200").inc()
+        self.metrics.latency.labels(body.model, "embeddings").observe(time.perf_counter() - started)
+        self.metrics.tokens.labels(body.model, "prompt").inc(tokens)
+        usage = self.usage(tokens, 0, 0, cpu_s, cold, resident.load_seconds)
+        self.metrics.energy.labels(body.model).inc(usage["energy_j"])
+        del usage["completion_tokens"]
+        return {"object": "list", "model": body.model, "usage": usage,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}
+
+    async def infer(self, model_id: str, body: InferRequest) -> dict:
+        feeds = {}
+        for t in body.inputs:
+            if t.datatype not in DATATYPES:
+                raise HTTPError(400, f"input {t.name}: datatype {t.datatype} is not one of {', '.join(DATATYPES)}")
+            try:
+                array = np.asarray(t.data, dtype=DATATYPES[t.datatype])
+                feeds[t.name] = array.reshape(t.shape)
+            except (ValueError, TypeError, OverflowError):
+                raise HTTPError(400, f"input {t.name}: data does not fill shape {t.shape} of {t.datatype}") from None
+        outputs = [o.get("name") for o in body.outputs] if body.outputs else None
+        started = time.perf_counter()
+        async with self.model(model_id, ("onnx", "embedding"), "infer") as (resident, cold):
+            values = await asyncio.to_thread(resident.runner.infer, feeds, outputs)
+        self.metrics.requests.labels(model_id, "infer", "200").inc()
+        self.metrics.latency.labels(model_id, "infer").observe(time.perf_counter() - started)
+        reverse = {np.dtype(v): k for k, v in DATATYPES.items()}
+        return {"model_name": model_id, "model_version": "1", **({"id": body.id} if body.id else {}),
+                "outputs": [{"name": name, "shape": list(v.shape), "datatype": reverse.get(v.dtype, "FP32"),
+                             "data": v.ravel().tolist()} for name, v in values.items()]}
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the API key and the request-body limit. A body is
+    read whole (up to the limit) before the route sees it, so an oversized one gets 413 however it is
+    sent (Content-Length or chunked)."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        key = self.settings.api_key
+        if key and not path.startswith(PUBLIC):
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                return await _error(path, 401, "a valid API key is required: send Authorization: Bearer <key>",
+                                    code="invalid_api_key")(scope, receive, send)
+        limit = self.settings.max_body
+        declared = headers.get(b"content-length")
+        too_large = _error(path, 413, f"the request body is over {limit} bytes", code="body_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await too_large(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    server = Server(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await server.pool.load_pins()
+        reaper = asyncio.ensure_future(server.pool.reap())
+        yield
+        reaper.cancel()
+        server.pool.close()
+
+    app = FastAPI(title="edgewise serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Many compressed models behind one OpenAI-compatible endpoint, in a byte budget.")
+    app.state.server = server
+
+    def failed(request: Request, status: int, *args, **kwargs) -> JSONResponse:
+        model = request.path_params.get("model_id", "-")
+        server.metrics.requests.labels(model, request.url.path.rsplit("/", 1)[-1], str(status)).inc()
+        return _error(request.url.path, status, *args, **kwargs)
+
+    @app.exception_handler(HTTPError)
+    async def http_error(request: Request, exc: HTTPError):
+        return failed(request, exc.status, exc.message, exc.kind, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException):
+        message = (f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail))
+        return _error(request.url.path, exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(ModelNotFound)
+    async def not_found(request: Request, exc: ModelNotFound):
+        return failed(request, 404, str(exc), code="model_not_found")
+
+    @app.exception_handler(ModelTooLarge)
+    async def too_large(request: Request, exc: ModelTooLarge):
+        return failed(request, 507, str(exc), kind="server_error", code="model_too_large")
+
+    @app.exception_handler(PoolBusy)
+    async def busy(request: Request, exc: PoolBusy):
+        return failed(request, 503, str(exc), kind="server_error", code="busy", headers={"Retry-After": "1"})
+
+    @app.exception_handler(EdgewiseError)
+    async def bad_input(request: Request, exc: EdgewiseError):
+        return failed(request, 400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return failed(request, 400, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return {"ready": True}
+
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "edgewise", "version": "1", "extensions": []}
+
+    @app.get("/v2/models/{model_id}")
+    async def model_metadata(model_id: str):
+        async with server.model(model_id, ("onnx", "embedding"), "metadata") as (resident, _):
+            return resident.runner.metadata()
+
+    @app.get("/v2/models/{model_id}/ready")
+    async def model_ready(model_id: str):
+        server.pool.find(model_id)
+        return {"name": model_id, "ready": True}
+
+    @app.post("/v2/models/{model_id}/infer")
+    async def infer(model_id: str, body: InferRequest):
+        return await server.infer(model_id, body)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": server.pool.describe(), "budget_bytes": settings.budget,
+                "resident_bytes": server.pool.resident_bytes()}
+
+    @app.get("/v1/models/{model_id}")
+    async def one_model(model_id: str):
+        server.pool.find(model_id)
+        return next(m for m in server.pool.describe() if m["id"] == model_id)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest):
+        prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
+        if isinstance(body.prompt, list) and len(body.prompt) > 1:
+            raise HTTPError(400, "prompt: one prompt per request", code="invalid_prompt")
+        return await server.generate(request, body, prompt, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request, body: ChatRequest):
+        return await server.generate(request, body, chat_prompt(body.messages), chat=True)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        return await server.embeddings(body)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return _Guard(app, settings), app

@@ -1,0 +1,217 @@
+"""Continuous batching for one RWKV model, and the recurrent states it keeps between requests.
+
+One thread per resident RWKV model owns the model. New streams are prefilled between steps (from
+the cached state of their longest cached text prefix, so a follow-up turn pays only for its new
+text); then every live stream advances by one token per step, all of them in one `RWKV.step`
+(every matrix multiplies one row per stream: its weights are read once per step). Streams join
+and leave at token boundaries; one whose client went away leaves at the next.
+
+An RWKV state has a fixed size (it does not grow with the context), so a conversation's state is
+a small, countable resource: `StateCache` keeps them LRU, in bytes the pool counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgewise.rwkv.generate import TextStream
+from edgewise.rwkv.runtime import RWKV
+from edgewise.rwkv.sampling import Sampler, Sampling
+from edgewise.rwkv.state import RWKVState, StateBatch
+from edgewise.rwkv.tokenizer import END_OF_TEXT, WorldTokenizer
+
+log = logging.getLogger("edgewise.serve")
+STATE_ENTRIES = 512   # at most this many cached states per model (the byte budget usually binds first)
+
+
+class StateCache:
+    """States after texts this model has read, keyed by the text, LRU. Text, not tokens: a client
+    sends a conversation back as text, and the tokens of a concatenation need not be the tokens of
+    its parts; the new text after the longest cached prefix is tokenized on its own."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[RWKVState, np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = 0
+
+    def longest(self, text: str) -> tuple[str, RWKVState | None, np.ndarray | None, int]:
+        """(key, a copy of its state, its logits, its tokens) for the longest cached prefix of `text`."""
+        with self._lock:
+            key = max((k for k in self._entries if text.startswith(k)), key=len, default=None)
+            if key is None:
+                return "", None, None, 0
+            self._entries.move_to_end(key)
+            self.hits += 1
+            state, logits, tokens = self._entries[key]
+            return key, state.copy(), logits, tokens
+
+    def put(self, text: str, state: RWKVState, logits: np.ndarray, tokens: int) -> None:
+        with self._lock:
+            if text in self._entries:
+                self.bytes -= self._entries.pop(text)[0].size_bytes
+            self._entries[text] = (state.copy(), logits.copy(), tokens)
+            self.bytes += state.size_bytes
+            while len(self._entries) > STATE_ENTRIES:
+                self.bytes -= self._entries.popitem(last=False)[1][0].size_bytes
+
+    def evict_one(self) -> int:
+        """Drop the least recently used state; the bytes freed (0 when empty)."""
+        with self._lock:
+            if not self._entries:
+                return 0
+            freed = self._entries.popitem(last=False)[1][0].size_bytes
+            self.bytes -= freed
+            return freed
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class Request:
+    prompt: str
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Stream:
+    """One request's generation: the batcher thread fills it, the event loop reads `events`."""
+
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cpu_s: float = 0.0
+    fed: list[int] = field(default_factory=list)
+    next_token: int = 0
+    text: TextStream | None = None
+    sampler: Sampler | None = None
+
+    def emit(self, kind: str, value) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+
+class Batcher:
+    """The thread that runs one RWKV model for every stream of it."""
+
+    def __init__(self, model: RWKV, tokenizer: WorldTokenizer, cache: StateCache) -> None:
+        self.model, self.tokenizer, self.cache = model, tokenizer, cache
+        self.incoming: queue.Queue[Stream] = queue.Queue()
+        self.active: list[Stream] = []
+        self.batch: StateBatch | None = None
+        self.steps = 0
+        self.streams_per_step = 0   # summed: / steps = the mean batch
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="edgewise-rwkv-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, stream: Stream) -> None:
+        self.incoming.put(stream)
+
+    @property
+    def live(self) -> int:
+        return len(self.active) + self.incoming.qsize()
+
+    @property
+    def batch_bytes(self) -> int:
+        batch = self.batch
+        return batch.size_bytes if batch is not None else 0
+
+    def close(self) -> None:
+        self._closing = True
+        self._thread.join(timeout=10)
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closing:
+            try:
+                self._admit(wait=not self.active)
+                if self.active:
+                    self._step()
+            except Exception as exc:   # a bug: fail the streams in flight, keep serving the next ones
+                log.exception("RWKV batcher failed")
+                for stream in self.active:
+                    stream.emit("error", f"generation failed: {exc}")
+                self.active, self.batch = [], None
+
+    def _admit(self, wait: bool) -> None:
+        while True:
+            try:
+                stream = self.incoming.get(timeout=0.05) if wait else self.incoming.get_nowait()
+            except queue.Empty:
+                return
+            wait = False
+            if not stream.cancelled:
+                self._prefill(stream)
+
+    def _prefill(self, stream: Stream) -> None:
+        request, started = stream.request, time.process_time()
+        key, state, logits, cached_tokens = self.cache.longest(request.prompt)
+        tokens = self.tokenizer.encode(request.prompt[len(key):])
+        if not tokens and state is None:
+            tokens = [END_OF_TEXT]   # an empty prompt starts from the document boundary, as generate does
+        if tokens:
+            logits, state = self.model.forward(tokens, state, use_cache=False)
+            self.cache.put(request.prompt, state, logits, cached_tokens + len(tokens))
+        stream.prompt_tokens, stream.cached_tokens = cached_tokens + len(tokens), cached_tokens
+        stream.sampler = Sampler(request.sampling, self.model.dims.vocab)
+        stream.text = TextStream(self.tokenizer, request.stop)
+        stream.cpu_s += time.process_time() - started
+        if self._sample(stream, logits):
+            self._finish(stream, state, logits)
+            return
+        self.active.append(stream)
+        self.batch = StateBatch.stack([state]) if self.batch is None else self.batch.joined(state)
+
+    def _sample(self, stream: Stream, logits: np.ndarray) -> bool:
+        """Draw the next token and emit its text; True when the stream is done."""
+        token = stream.sampler(logits)
+        stream.completion_tokens += 1
+        piece = stream.text.push(token)
+        if piece:
+            stream.emit("text", piece)
+        stream.next_token = token
+        return stream.text.stopped is not None or stream.completion_tokens >= stream.request.max_tokens or stream.cancelled
+
+    def _step(self) -> None:
+        started = time.process_time()
+        logits = self.model.step([s.next_token for s in self.active], self.batch)
+        share = (time.process_time() - started) / len(self.active)
+        self.steps += 1
+        self.streams_per_step += len(self.active)
+        leaving = []
+        for row, stream in enumerate(self.active):
+            stream.fed.append(stream.next_token)
+            stream.cpu_s += share
+            if stream.cancelled or self._sample(stream, logits[row]):
+                leaving.append(row)
+                self._finish(stream, self.batch.get(row), logits[row])
+        if leaving:
+            self.active = [s for row, s in enumerate(self.active) if row not in leaving]
+            self.batch = self.batch.without(leaving)
+
+    def _finish(self, stream: Stream, state: RWKVState, logits: np.ndarray) -> None:
+        """Keep the state after everything the stream read (its prompt and the tokens it fed back),
+        under that text: the next turn of the conversation starts with it."""
+        if stream.fed:
+            self.cache.put(stream.request.prompt + self.tokenizer.decode(stream.fed), state, logits,
+                           stream.prompt_tokens + len(stream.fed))
+        tail = stream.text.finish() if stream.text.stopped is None else ""
+        if tail:
+            stream.emit("text", tail)
+        reason = "stop" if stream.text.stopped else "length"
+        stream.emit("done", reason)

@@ -1,0 +1,223 @@
+"""Which models are resident, within a byte budget that holds.
+
+A model loads on first use; concurrent requests for a missing model share that one load. Its bytes
+are measured, not guessed from its file: the process's resident memory before and after the load
+and a warm-up run (weights, ONNX Runtime arenas), never less than the tensors it holds; an RWKV
+model adds the states it keeps (cached conversations, live streams) as it serves. When a load would
+pass the budget, cached states go first, then idle models, least recently used first; a model with
+requests in flight is never evicted, and a pinned one only by `close`. A model that cannot fit
+even alone is refused. Loads run one at a time, so that each measurement is that model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from edgewise.errors import EdgewiseError
+from edgewise.serve.catalog import ModelFile, scan
+from edgewise.serve.runners import open_runner
+
+log = logging.getLogger("edgewise.serve")
+LOAD_FACTOR = {"rwkv": 1.1, "embedding": 1.6, "onnx": 1.6}   # first-load guess x file bytes, before any measurement
+
+
+class ModelNotFound(EdgewiseError):
+    pass
+
+
+class ModelTooLarge(EdgewiseError):
+    pass
+
+
+class PoolBusy(EdgewiseError):
+    """Every resident model that would have to go to make room has requests in flight."""
+
+
+@dataclass
+class Resident:
+    model: ModelFile
+    runner: object = None
+    measured: int = 0           # bytes the load measured
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+    loading: asyncio.Future | None = None
+
+    @property
+    def bytes(self) -> int:
+        return self.measured + (self.runner.extra_bytes() if self.runner is not None else 0)
+
+
+def _release_memory() -> None:
+    """Give freed memory back to the system, so that the process's RSS follows what is resident."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc
+        pass
+
+
+class ModelPool:
+    def __init__(self, models_dir, budget: int, pins: tuple[str, ...] = (), keep_alive: float | None = None,
+                 threads: int | None = None, metrics=None) -> None:
+        self.models_dir, self.budget, self.keep_alive, self.threads = models_dir, budget, keep_alive, threads
+        self.catalog = scan(models_dir)
+        unknown = [p for p in pins if p not in self.catalog]
+        if unknown:
+            raise EdgewiseError(f"--pin {unknown[0]}: no such model in {models_dir}; it has {', '.join(self.catalog)}")
+        self.pins = set(pins)
+        self.metrics = metrics
+        self.resident: dict[str, Resident] = {}
+        self.estimates: dict[str, int] = {}   # bytes measured at an earlier load
+        self._load_lock = asyncio.Lock()
+        self.loads = self.evictions = 0
+
+    # -- what there is -----------------------------------------------------------------------
+    def find(self, model_id: str) -> ModelFile:
+        if model_id not in self.catalog:
+            self.catalog = scan(self.models_dir)   # a model copied in since the start
+        if model_id not in self.catalog:
+            raise ModelNotFound(f"the model {model_id!r} does not exist; GET /v1/models lists the models")
+        return self.catalog[model_id]
+
+    def resident_bytes(self) -> int:
+        return sum(r.bytes for r in self.resident.values() if r.runner is not None)
+
+    def describe(self) -> list[dict]:
+        rows = []
+        for model_id, model in self.catalog.items():
+            r = self.resident.get(model_id)
+            loaded = r is not None and r.runner is not None
+            rows.append({"id": model_id, "object": "model", "created": int(model.path.stat().st_mtime),
+                         "owned_by": "edgewise", "kind": model.kind, "resident": loaded,
+                         "bytes": r.bytes if loaded else None, "file_bytes": model.file_bytes,
+                         "last_used": time.time() - (time.monotonic() - r.last_used) if loaded else None,
+                         "in_flight": r.in_flight if loaded else 0, "pinned": model_id in self.pins})
+        return rows
+
+    # -- use -------------------------------------------------------------------------------
+    async def acquire(self, model_id: str) -> tuple[Resident, bool]:
+        """The resident model (loaded now if needed) with one more request in flight, and whether
+        this request paid for the load. Pair with `release`."""
+        model = self.find(model_id)
+        r = self.resident.get(model_id)
+        if r is not None and r.runner is not None:
+            r.in_flight += 1
+            r.last_used = time.monotonic()
+            return r, False
+        if r is None:
+            r = self.resident[model_id] = Resident(model)
+        r.in_flight += 1   # held while waiting: a model being loaded for a request is not evicted
+        try:
+            if r.loading is None:
+                r.loading = asyncio.ensure_future(self._load(r))
+            await asyncio.shield(r.loading)
+        except BaseException:
+            r.in_flight -= 1
+            if r.runner is None and self.resident.get(model_id) is r and not r.in_flight:
+                self.resident.pop(model_id, None)
+            raise
+        r.last_used = time.monotonic()
+        return r, True
+
+    def release(self, r: Resident) -> None:
+        r.in_flight -= 1
+        r.last_used = time.monotonic()
+        self.enforce()
+
+    def enforce(self) -> None:
+        """Back within budget after a model grew (an RWKV model's cached states): states first."""
+        self._make_room(0, keep=None)
+
+    # -- load and evict ----------------------------------------------------------------------
+    def _estimate(self, model: ModelFile) -> int:
+        return self.estimates.get(model.id) or int(model.file_bytes * LOAD_FACTOR[model.kind])
+
+    async def _load(self, r: Resident) -> None:
+        model = r.model
+        try:
+            async with self._load_lock:
+                need = self._estimate(model)
+                if need > self.budget:
+                    raise ModelTooLarge(f"the model {model.id} needs about {need / 2**20:.0f} MiB, more than the "
+                                        f"whole memory budget ({self.budget / 2**20:.0f} MiB); raise --memory-budget")
+                if not self._make_room(need, keep=model.id):
+                    raise PoolBusy(f"no room for {model.id}: the models that would have to be unloaded are busy")
+                before = psutil.Process().memory_info().rss
+                started = time.perf_counter()
+                runner = await asyncio.to_thread(open_runner, model, self.threads)
+                r.load_seconds = time.perf_counter() - started
+                measured = max(psutil.Process().memory_info().rss - before, runner.nominal_bytes)
+                r.runner, r.measured, r.loaded_at = runner, measured, time.monotonic()
+                self.estimates[model.id] = measured
+                self.loads += 1
+                if self.metrics:
+                    self.metrics.loaded(model.id, r.load_seconds)
+                log.info("loaded %s: %.1f MiB in %.2f s", model.id, measured / 2**20, r.load_seconds)
+                if measured > self.budget:
+                    self._unload(r)
+                    raise ModelTooLarge(f"the model {model.id} takes {measured / 2**20:.0f} MiB once loaded, more "
+                                        f"than the whole memory budget ({self.budget / 2**20:.0f} MiB); raise "
+                                        "--memory-budget")
+                self._make_room(0, keep=model.id)
+        finally:
+            r.loading = None
+
+    def _make_room(self, need: int, keep: str | None) -> bool:
+        """Free memory until `need` more bytes fit: cached states, then idle models, LRU first."""
+        def over() -> bool:
+            return self.resident_bytes() + need > self.budget
+
+        if not over():
+            return True
+        by_age = sorted((r for r in self.resident.values() if r.runner is not None), key=lambda r: r.last_used)
+        for r in by_age:
+            while over() and r.runner.shrink():
+                pass
+        for r in by_age:
+            if not over():
+                break
+            if r.model.id != keep and not r.in_flight and r.model.id not in self.pins:
+                self._unload(r)
+                self.evictions += 1
+                if self.metrics:
+                    self.metrics.evicted(r.model.id)
+        return not over()
+
+    def _unload(self, r: Resident) -> None:
+        runner, r.runner = r.runner, None
+        self.resident.pop(r.model.id, None)
+        runner.close()
+        del runner
+        _release_memory()
+        log.info("unloaded %s", r.model.id)
+
+    async def reap(self) -> None:
+        """Unload models idle for longer than keep-alive (pinned ones stay)."""
+        while self.keep_alive:
+            await asyncio.sleep(min(self.keep_alive / 4, 5.0))
+            now = time.monotonic()
+            for r in list(self.resident.values()):
+                if (r.runner is not None and not r.in_flight and r.model.id not in self.pins
+                        and now - r.last_used > self.keep_alive):
+                    self._unload(r)
+                    if self.metrics:
+                        self.metrics.evicted(r.model.id, reason="keep-alive")
+
+    async def load_pins(self) -> None:
+        for model_id in sorted(self.pins):
+            r, _ = await self.acquire(model_id)
+            self.release(r)
+
+    def close(self) -> None:
+        for r in list(self.resident.values()):
+            if r.runner is not None:
+                self._unload(r)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import signal
 import sys
 
 from edgewise.errors import EdgewiseError
@@ -90,4 +91,7 @@ def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_bud
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(grace_s),
                             access_log=False, lifespan="on")
     print(f"edgewise serve: {models_dir} on http://{host}:{port} (budget {memory_budget})", file=sys.stderr, flush=True)
+    # uvicorn stops on SIGTERM (no new connections, requests in flight get `grace`), then raises the
+    # signal again for the handler it found: this one, so that a requested stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()

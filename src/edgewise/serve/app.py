@@ -8,6 +8,7 @@ objects ({"error": {"message", "type", "code"}}) on /v1 and KServe's {"error": m
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import time
@@ -85,7 +86,7 @@ class ChatRequest(_Generation):
 class EmbeddingRequest(BaseModel):
     model: str
     input: Union[str, list[str]]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"   # base64: little-endian float32, as OpenAI sends
     user: Optional[str] = None
 
 
@@ -292,7 +293,9 @@ class Server:
         self.metrics.energy.labels(body.model).inc(usage["energy_j"])
         del usage["completion_tokens"]
         return {"object": "list", "model": body.model, "usage": usage,
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format
+                          == "base64" else v.tolist()} for i, v in enumerate(vectors)]}
 
     async def infer(self, model_id: str, body: InferRequest) -> dict:
         feeds = {}

@@ -167,7 +167,10 @@ class ModelPool:
                     raise ModelTooLarge(f"the model {model.id} takes {measured / 2**20:.0f} MiB once loaded, more "
                                         f"than the whole memory budget ({self.budget / 2**20:.0f} MiB); raise "
                                         "--memory-budget")
-                self._make_room(0, keep=model.id)
+                if not self._make_room(0, keep=model.id):   # measured larger than guessed, and the rest is busy
+                    self._unload(r)
+                    raise PoolBusy(f"no room for {model.id} ({measured / 2**20:.0f} MiB): the models that would "
+                                   "have to be unloaded are busy")
         finally:
             r.loading = None
 

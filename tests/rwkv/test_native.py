@@ -49,6 +49,30 @@ def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, path):
             assert cosine(getattr(after, name).numpy().ravel(), getattr(expected_state, name).numpy().ravel()) > 0.999
 
 
+@pytest.mark.parametrize("quant", [None, "int8", "int4"])
+@pytest.mark.parametrize("path", PATHS)
+def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path):
+    from edgewise.rwkv.state import StateBatch
+
+    model = RWKV.load(checkpoints["other"], quant=quant)
+    decoder = native.Decoder(model, kernels(path))
+    states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6)]   # 5: a block of 4 and 1
+    batch = StateBatch.stack(states)
+    tokens = [4, 8, 15, 16, 23]
+    logits = decoder.step_batch(tokens, batch)
+    for b, (token, state) in enumerate(zip(tokens, states)):
+        after = model.new_state()
+        alone = decoder.step(token, state, after)
+        if quant is None:   # the same arithmetic, fp32 throughout
+            assert relative_error(logits[b], alone) < 1e-5
+            assert torch.allclose(batch.get(b).S, after.S, atol=1e-5)
+        else:               # int8 activations on SIMD paths: the batch is a GEMM
+            assert cosine(logits[b], alone) > 0.999
+            assert cosine(batch.get(b).S.numpy().ravel(), after.S.numpy().ravel()) > 0.999
+    with pytest.raises(ValueError, match="shaped"):
+        decoder.step_batch(tokens[:2], batch)
+
+
 def test_decode_writes_a_new_state_and_keeps_the_given_one(checkpoints):
     model = RWKV.load(checkpoints["small"], quant="int4")
     _, state = model.forward(PROMPT, use_cache=False)

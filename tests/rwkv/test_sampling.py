@@ -63,3 +63,26 @@ def test_logits_that_are_not_finite_are_named_not_sampled():
     logits[3] = np.nan
     with pytest.raises(EdgewiseError, match="logits are not finite"):
         Sampler(Sampling(seed=1), 10)(logits)
+
+
+@pytest.mark.parametrize("scale, top_p, top_k", [(3.0, 0.85, 0), (0.3, 0.5, 0), (3.0, 0.99, 5), (1.0, 1.0, 40)])
+def test_the_nucleus_is_the_smallest_set_of_largest_tokens_reaching_top_p(scale, top_p, top_k):
+    logits = (np.random.default_rng(1).standard_normal(4096) * scale).astype(np.float32)
+    got = Sampler(Sampling(top_p=top_p, top_k=top_k), 4096).probabilities(logits)
+    probs = np.exp(logits - logits.max()).astype(np.float64)
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    keep = min(top_k or 4096, int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1)   # by a full sort
+    assert set(np.flatnonzero(got)) == set(order[:keep].tolist())
+    assert got.sum() == pytest.approx(1.0) and np.allclose(got[order[:keep]], probs[order[:keep]] / probs[order[:keep]].sum(), rtol=1e-5)
+
+
+def test_draws_follow_the_probabilities():
+    from edgewise.rwkv.sampling import _draw
+
+    weights = np.array([0.1, 0.0, 0.5, 0.4])
+    assert [_draw(weights, u, block=2) for u in (0.0, 0.099, 0.1, 0.59, 0.6, 0.999)] == [0, 0, 2, 2, 3, 3]
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05] + [1e-12] * 1000))
+    sampler = Sampler(Sampling(top_p=1.0, seed=4), len(logits))
+    counts = np.bincount([sampler(logits) for _ in range(20000)], minlength=len(logits))[:4] / 20000
+    assert np.allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.015)

@@ -1308,3 +1308,170 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
     free(buffer);
     return OK;
 }
+
+/* -- several streams at once (continuous batching) --------------------------------------- */
+
+#define MAX_BATCH 256
+
+/* The jobs of one phase for B streams: job.x is [B, cols], job.y [B, rows]. Threads share rows by
+ * bytes as in run_jobs; each row is read once for all B streams. int8 and int4 rows go through the
+ * int8-activation blocks of ew_gemm_q8 where they have SIMD code (4 streams x 2 rows in registers),
+ * each thread quantizing the phase's inputs itself (a few KB: cheaper than a barrier). */
+static void run_jobs_batch(const job *jobs, int count, int B) {
+    int64_t total = 0;
+    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * row_weight(jobs[j].m);
+    int t = omp_get_thread_num(), threads = omp_get_num_threads();
+    int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
+    for (int j = 0; j < count; j++) {
+        const ew_matrix *m = jobs[j].m;
+        int64_t cols = m->cols, rows = m->rows, unit = row_weight(m), size = rows * unit;
+        if (pos + size > lo && pos < hi) {
+            int64_t first = lo > pos ? (lo - pos + unit - 1) / unit : 0;
+            int64_t end = hi < pos + size ? (hi - pos + unit - 1) / unit : rows;
+            const float *x = jobs[j].x;
+            float *y = jobs[j].y;
+            int done = 0;
+#ifdef EW_GEMM_Q8_SIMD
+            if ((m->kind == INT8 || m->kind == INT4) && cols % GROUP == 0 && end > first) {
+                int64_t G = cols / GROUP;
+                int8_t *q = malloc((size_t)(B * cols));
+                float *scale = malloc(sizeof(float) * (size_t)(B * G));
+                int32_t *sum = malloc(sizeof(int32_t) * (size_t)(B * G));
+                if (q && scale && sum) {
+                    for (int64_t g = 0; g < B * G; g++) quantize_group(x + g * GROUP, q + g * GROUP, scale + g, sum + g);
+                    q8_rows in = {q, scale, sum, G};
+                    int64_t r = first;
+                    for (; r + 2 <= end; r += 2) {
+                        int b = 0;
+                        for (; b + 4 <= B; b += 4) q8_block(m, r, 2, in, b, 4, y);
+                        if (b < B) q8_block(m, r, 2, in, b, B - b, y);
+                    }
+                    if (r < end) q8_block(m, r, 1, in, 0, B, y);
+                    for (int b = 0; b < B; b++)
+                        for (int64_t k = first; k < end; k++) y[b * rows + k] = activate(y[b * rows + k], jobs[j].activation);
+                    done = 1;
+                }
+                free(q), free(scale), free(sum);
+            }
+#endif
+            if (!done)
+                for (int64_t r = first; r < end; r++)
+                    for (int b = 0; b < B; b++)
+                        y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jobs[j].activation);
+        }
+        pos += size;
+    }
+#pragma omp barrier
+}
+
+/* B streams, one token each (tokens [B]), advanced together through every layer: the batched form
+ * of ew_decode. states[b] is stream b's state, updated in place; logits [B, vocab]. */
+int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_state *states, float *logits,
+                    int64_t logits_size, int threads) {
+    int status = check_model(m);
+    if (status) return status;
+    if (B < 1 || B > MAX_BATCH || !tokens || !states) {
+        snprintf(problem_text, sizeof problem_text, "a batch is 1 to %d streams, each with a token and a state", MAX_BATCH);
+        return SMALL_BUFFER;
+    }
+    for (int64_t b = 0; b < B; b++) {
+        if ((status = check_state(m, &states[b]))) return status;
+        if (tokens[b] < 0 || tokens[b] >= m->vocab) {
+            snprintf(problem_text, sizeof problem_text, "token %lld is outside the vocabulary 0..%d",
+                     (long long)tokens[b], m->vocab - 1);
+            return BAD_TOKEN;
+        }
+    }
+    if (!logits || logits_size / B < m->vocab) {
+        snprintf(problem_text, sizeof problem_text, "the logits buffer is smaller than %lld x the vocabulary", (long long)B);
+        return SMALL_BUFFER;
+    }
+    int C = m->width, F = m->ffn, H = m->heads, N = m->head_size, rank = 0;
+    for (int i = 0; i < m->layers; i++) {
+        const ew_layer *L = &m->layer[i];
+        int ranks[4] = {L->w1.rows, L->a1.rows, L->v1.rows, L->g1.rows};
+        for (int j = 0; j < 4; j++) rank = ranks[j] > rank ? ranks[j] : rank;
+    }
+    size_t BC = (size_t)B * C;
+    float *buffer = calloc(BC * 18 + (size_t)B * F + 4 * (size_t)B * rank, sizeof(float));
+    if (!buffer) return OUT_OF_MEMORY;
+    scratch s;   /* every field [B, C] (mixed [6, B, C], hidden [B, F], low 4 x [B, rank]) */
+    float *p = buffer;
+    float **fields[] = {&s.x, &s.dx, &s.xa, &s.r, &s.k, &s.v, &s.v_first, &s.lw, &s.la, &s.lv, &s.g, &s.y};
+    for (size_t j = 0; j < sizeof fields / sizeof *fields; j++, p += BC) *fields[j] = p;
+    s.mixed = p; p += 6 * BC;
+    s.hidden = p; p += (size_t)B * F;
+    float *wl = p, *al = p + (size_t)B * rank, *vl = p + 2 * (size_t)B * rank, *gl = p + 3 * (size_t)B * rank;
+
+    for (int64_t b = 0; b < B; b++) {
+        float *x = s.x + b * C;
+        if (m->emb.kind == INT8) {
+            const int8_t *row = (const int8_t *)m->emb.data + tokens[b] * C;
+            for (int c = 0; c < C; c++) x[c] = row[c] * m->emb.scale[tokens[b]];
+        } else {
+            memcpy(x, (const float *)m->emb.data + tokens[b] * C, C * sizeof(float));
+        }
+    }
+
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+        for (int i = 0; i < m->layers; i++) {
+            const ew_layer *L = &m->layer[i];
+            size_t state = (size_t)i * H * N * N;
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *att = states[b].att + (size_t)i * C;
+                if (i > 0)
+                    for (int c = 0; c < C; c++) x[c] += dx[c];
+                layer_norm(x, L->ln1_w.data, L->ln1_b.data, xa, C, 1e-5f);
+                for (int j = 0; j < 6; j++)   /* the token shift, into mixed [6, B, C] */
+#pragma omp simd
+                    for (int c = 0; c < C; c++)
+                        s.mixed[j * BC + b * C + c] = xa[c] + (att[c] - xa[c]) * L->mix.data[j * C + c];
+                memcpy(att, xa, C * sizeof(float));
+            }
+            const float *xr = s.mixed, *xw = s.mixed + BC, *xk = s.mixed + 2 * BC, *xv = s.mixed + 3 * BC,
+                        *xa = s.mixed + 4 * BC, *xg = s.mixed + 5 * BC;
+            job first[] = {{&L->r, xr, s.r, NONE}, {&L->k, xk, s.k, NONE}, {&L->v, xv, s.v, NONE},
+                           {&L->w1, xw, wl, TANH}, {&L->a1, xa, al, NONE}, {&L->g1, xg, gl, SIGMOID},
+                           {&L->v1, xv, vl, NONE}};
+            run_jobs_batch(first, L->v1.rows ? 7 : 6, (int)B);
+            job second[] = {{&L->w2, wl, s.lw, NONE}, {&L->a2, al, s.la, NONE}, {&L->g2, gl, s.g, NONE},
+                            {&L->v2, vl, s.lv, NONE}};
+            run_jobs_batch(second, L->v1.rows ? 4 : 3, (int)B);
+#pragma omp for schedule(static)
+            for (int64_t bh = 0; bh < B * H; bh++) {
+                int64_t b = bh / H;
+                int h = (int)(bh % H);
+                scratch sb = s;   /* stream b's rows of every field time_mix_head reads or writes */
+                float **mine[] = {&sb.r, &sb.k, &sb.v, &sb.v_first, &sb.lw, &sb.la, &sb.lv, &sb.g, &sb.y};
+                for (size_t j = 0; j < sizeof mine / sizeof *mine; j++) *mine[j] += b * C;
+                float *S = states[b].S + state + (size_t)h * N * N;
+                time_mix_head(L, i, h, N, S, S, &sb);
+            }
+            job out[] = {{&L->o, s.y, s.dx, NONE}};
+            run_jobs_batch(out, 1, (int)B);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *ffn = states[b].ffn + (size_t)i * C;
+                for (int c = 0; c < C; c++) x[c] += dx[c];
+                layer_norm(x, L->ln2_w.data, L->ln2_b.data, xa, C, 1e-5f);
+                token_shift(xa, ffn, ffn, L->ffn_xk.data, 1, C, s.mixed + b * C);
+            }
+            job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};
+            run_jobs_batch(key, 1, (int)B);
+            job value[] = {{&L->fv, s.hidden, s.dx, NONE}};
+            run_jobs_batch(value, 1, (int)B);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            float *x = s.x + b * C, *dx = s.dx + b * C;
+            for (int c = 0; c < C; c++) x[c] += dx[c];
+            layer_norm(x, m->ln_out_w.data, m->ln_out_b.data, s.xa + b * C, C, 1e-5f);
+        }
+        job head[] = {{&m->head, s.xa, logits, NONE}};
+        run_jobs_batch(head, 1, (int)B);
+    }
+    free(buffer);
+    return OK;
+}

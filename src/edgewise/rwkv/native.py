@@ -121,6 +121,9 @@ def load(path: str | Path) -> ctypes.CDLL:
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.ew_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.ew_decode_batch.restype = ctypes.c_int
+    lib.ew_decode_batch.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(State),
+                                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.ew_gemm_q8.restype = ctypes.c_int
     lib.ew_gemm_q8.argtypes = lib.ew_matmul.argtypes
     lib.ew_dequantize.restype = ctypes.c_int
@@ -358,6 +361,25 @@ class Decoder:
         status = self.lib.ew_decode(ctypes.byref(self.model), token, ctypes.byref(_state(state)),
                                     ctypes.byref(_state(out)), logits.ctypes.data, logits.size, torch.get_num_threads())
         _raise_for(self.lib, status, "RWKV decode")
+        return logits
+
+
+    def step_batch(self, tokens: list[int], batch) -> np.ndarray:
+        """Logits [B, vocab] after one token of each stream of `batch` (a StateBatch: float32,
+        contiguous, [B, L, ...]), whose states advance in place."""
+        d, B = self.model, len(tokens)
+        shapes = ((B, d.layers, d.width), (B, d.layers, d.width), (B, d.layers, d.heads, d.head_size, d.head_size))
+        tensors = (batch.att_prev, batch.ffn_prev, batch.S)
+        if any(tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() or t.data_ptr() % 4
+               for t, shape in zip(tensors, shapes)):
+            raise ValueError("the batch of states must be float32, contiguous and shaped [B, ...] for this model")
+        states = (State * B)(*(State(*(_ptr(t) + b * t[0].numel() * 4 for t in tensors), *(t[0].numel() for t in tensors))
+                               for b in range(B)))
+        ids = np.asarray(tokens, dtype=np.int64)
+        logits = np.empty((B, self.vocab), dtype=np.float32)
+        status = self.lib.ew_decode_batch(ctypes.byref(self.model), B, ids.ctypes.data, states, logits.ctypes.data,
+                                          logits.size, torch.get_num_threads())
+        _raise_for(self.lib, status, "RWKV batch decode")
         return logits
 
 

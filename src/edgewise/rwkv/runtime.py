@@ -265,6 +265,9 @@ class RWKV:
             logits, after = self.forward(tokens, batch.get(0), use_cache=False)
             batch.set(0, after)
             return logits[None]
+        decoder = self.decoder()
+        if decoder is not None:
+            return decoder.step_batch(tokens, batch)
         return self._run(torch.tensor(tokens), _Streams(batch), every=True)
 
     def _run(self, tokens: torch.Tensor, state: RWKVState | _Streams, every: bool = False) -> np.ndarray:
@@ -338,16 +341,14 @@ class _Streams:
         self.batch = batch
 
     def shift(self, name: str, i: int, x: torch.Tensor) -> torch.Tensor:
-        kept = getattr(self.batch, name)[i]                                 # [B, C]
+        kept = getattr(self.batch, name)[:, i]                              # [B, C]
         prev = kept.clone()
         kept.copy_(x)
         return prev
 
     def wkv(self, i: int, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:
-        # B streams of H heads, one token each, are B x H heads of one token: one call
-        S, B = self.batch.S[i], len(self.batch)                            # [B, H, N, N], contiguous
-        rows = (t.reshape(1, B * H * N) for t in (r, w, k, v, kk, a))
-        return _wkv(S.view(B * H, N, N), *rows, B * H, N).view(B, H * N)
+        return torch.cat([_wkv(self.batch.S[b, i], *(t[b:b + 1] for t in (r, w, k, v, kk, a)), H, N)
+                          for b in range(len(self.batch))])
 
 
 def _wkv(S: torch.Tensor, r, w, k, v, kk, a, H: int, N: int) -> torch.Tensor:

@@ -46,25 +46,62 @@ class Sampler:
         if not np.isfinite(logits).all():
             raise EdgewiseError("the model's logits are not finite (NaN or inf): its weights are damaged; "
                                 "convert or download the checkpoint again")
-        scores = logits.astype(np.float64) - s.presence_penalty * (self.counts > 0) - s.frequency_penalty * self.counts
+        scores = np.asarray(logits, np.float32)
+        if s.presence_penalty or s.frequency_penalty:
+            scores = scores - (s.presence_penalty * (self.counts > 0) + s.frequency_penalty * self.counts).astype(np.float32)
         if s.temperature == 0:
             token = int(np.argmax(scores))
         else:
-            token = int(self.rng.choice(len(scores), p=self.probabilities(scores)))
-        self.counts *= s.penalty_decay
-        self.counts[token] += 1
+            tokens, probs = self.nucleus(scores)
+            token = int(tokens[_draw(probs, self.rng.random())])
+        if s.presence_penalty or s.frequency_penalty:
+            self.counts *= s.penalty_decay
+            self.counts[token] += 1
         return token
 
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+    def nucleus(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens that may be drawn and their probabilities (not normalised): the largest whose
+        mass reaches top_p, at most top_k of them. Only tokens above a threshold whose mass already
+        reaches top_p are sorted (the nucleus lies among them), not the whole vocabulary: sorting
+        65536 probabilities cost more than a decode step."""
         s = self.settings
-        scores = scores / s.temperature
-        probs = np.exp(scores - scores.max())
-        probs /= probs.sum()
-        order = np.argsort(-probs)
-        keep = len(order) if s.top_k == 0 else s.top_k
-        cumulative = np.cumsum(probs[order])
-        keep = min(keep, int(np.searchsorted(cumulative, s.top_p)) + 1)   # the smallest set reaching top_p
-        mask = np.zeros_like(probs, dtype=bool)
-        mask[order[:keep]] = True
-        probs = np.where(mask, probs, 0.0)
-        return probs / probs.sum()
+        probs = np.exp((scores - scores.max()) * np.float32(1 / s.temperature), dtype=np.float32)
+        limit = s.top_k or len(probs)
+        if s.top_p >= 1 and limit >= len(probs):
+            return np.arange(len(probs)), probs   # unnormalised: drawn against their sum
+        probs = probs / probs.sum(dtype=np.float64)
+        threshold = probs.max()
+        while True:
+            threshold /= 16
+            candidates = np.flatnonzero(probs >= threshold)
+            if probs[candidates].sum() >= s.top_p or len(candidates) >= limit or threshold < 1e-30:
+                break
+        if len(candidates) > limit:
+            candidates = candidates[np.argpartition(-probs[candidates], limit - 1)[:limit]]
+        ranked = candidates[np.argsort(-probs[candidates], kind="stable")]
+        cumulative = np.cumsum(probs[ranked], dtype=np.float64)
+        keep = min(int(np.searchsorted(cumulative, s.top_p)) + 1, len(ranked))   # the smallest set reaching top_p
+        return ranked[:keep], probs[ranked[:keep]]
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """The distribution tokens are drawn from, over the whole vocabulary."""
+        tokens, probs = self.nucleus(np.asarray(scores, np.float32))
+        full = np.zeros(len(scores))
+        full[tokens] = probs / probs.sum()
+        return full
+
+
+def _draw(weights: np.ndarray, u: float, block: int = 256) -> int:
+    """The index i at which the running sum of `weights` passes u x their total (u in [0, 1)): an
+    inverse-CDF draw, in two levels (the sums of blocks, then one block): a running sum over the
+    whole vocabulary was the slowest part of sampling."""
+    n = len(weights)
+    padded = np.zeros(-(-n // block) * block, np.float64)
+    padded[:n] = weights
+    sums = padded.reshape(-1, block).sum(1).cumsum()
+    target = u * sums[-1]
+    b = min(int(np.searchsorted(sums, target, side="right")), len(sums) - 1)
+    inside = padded[b * block:(b + 1) * block].cumsum()
+    before = sums[b - 1] if b else 0.0
+    i = b * block + int(np.searchsorted(inside, target - before, side="right"))
+    return min(i, n - 1)

@@ -71,8 +71,8 @@ class RWKVState:
 @dataclass
 class StateBatch:
     """The states of several streams of one model, stacked so that one step advances them all
-    (continuous batching): att_prev, ffn_prev [L, B, C]; S [L, B, H, N, N]. Streams join and leave
-    between steps; each keeps its row until it leaves."""
+    (continuous batching): att_prev, ffn_prev [B, L, C]; S [B, L, H, N, N], each stream's rows
+    contiguous. Streams join and leave between steps; each keeps its row until it leaves."""
 
     att_prev: torch.Tensor
     ffn_prev: torch.Tensor
@@ -82,24 +82,27 @@ class StateBatch:
     def stack(cls, states: list[RWKVState]) -> StateBatch:
         if not states:
             raise EdgewiseError("a state batch needs at least one state")
-        return cls(*(torch.stack([getattr(s, name).float() for s in states], dim=1).contiguous()
+        return cls(*(torch.stack([getattr(s, name).float() for s in states]).contiguous()
                      for name in ("att_prev", "ffn_prev", "S")))
 
     def __len__(self) -> int:
-        return self.S.shape[1]
+        return self.S.shape[0]
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.att_prev, self.ffn_prev, self.S
 
     def get(self, b: int) -> RWKVState:
         """Stream b's state, as a copy."""
-        return RWKVState(*(t[:, b].clone() for t in (self.att_prev, self.ffn_prev, self.S)))
+        return RWKVState(*(t[b].clone() for t in self._tensors()))
 
     def set(self, b: int, state: RWKVState) -> None:
-        for mine, theirs in zip((self.att_prev, self.ffn_prev, self.S), (state.att_prev, state.ffn_prev, state.S)):
-            mine[:, b] = theirs
+        for mine, theirs in zip(self._tensors(), (state.att_prev, state.ffn_prev, state.S)):
+            mine[b] = theirs
 
     def joined(self, state: RWKVState) -> StateBatch:
         """This batch with `state` as its last row."""
-        return StateBatch(*(torch.cat([mine, theirs.float()[:, None]], dim=1) for mine, theirs in
-                            zip((self.att_prev, self.ffn_prev, self.S), (state.att_prev, state.ffn_prev, state.S))))
+        return StateBatch(*(torch.cat([mine, theirs.float()[None]]) for mine, theirs in
+                            zip(self._tensors(), (state.att_prev, state.ffn_prev, state.S))))
 
     def without(self, rows: list[int]) -> StateBatch | None:
         """This batch less `rows` (None when no row is left)."""
@@ -107,8 +110,8 @@ class StateBatch:
         if not keep:
             return None
         index = torch.tensor(keep)
-        return StateBatch(*(t.index_select(1, index).contiguous() for t in (self.att_prev, self.ffn_prev, self.S)))
+        return StateBatch(*(t.index_select(0, index).contiguous() for t in self._tensors()))
 
     @property
     def size_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.att_prev, self.ffn_prev, self.S))
+        return sum(t.numel() * t.element_size() for t in self._tensors())

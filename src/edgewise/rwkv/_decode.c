@@ -629,7 +629,7 @@ static inline float activate(float y, int activation) {
     switch (activation) {
     case TANH: return 1.f - 2.f / (1.f + exp_approx(2.f * y));  /* branch-free, like everything per row */
     case SIGMOID: return sigmoid(y);
-    case RELU_SQUARED: y = fmaxf(y, 0.f); return y * y;  /* no branch: a mispredict flushes the loads in flight */
+    case RELU_SQUARED: y = y > 0.f ? y : 0.f; return y * y;  /* a select, not a libm call, not a branch */
     default: return y;
     }
 }
@@ -1317,14 +1317,26 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
  * bytes as in run_jobs; each row is read once for all B streams. int8 and int4 rows go through the
  * int8-activation blocks of ew_gemm_q8 where they have SIMD code (4 streams x 2 rows in registers),
  * each thread quantizing the phase's inputs itself (a few KB: cheaper than a barrier). */
+/* What a row costs a batch, in the same units as row_weight: streams multiply it, and then the
+ * arithmetic binds, not the bytes; int8 and int4 rows take the int8 blocks (about 3x the products
+ * per instruction of an fp32 or bf16 row's FMAs). */
+static int64_t batch_row_weight(const ew_matrix *m) {
+    int64_t cols = m->cols > 0 ? m->cols : 1;
+#ifdef EW_GEMM_Q8_SIMD
+    return (m->kind == INT8 || m->kind == INT4) && cols % GROUP == 0 ? cols : 3 * cols;
+#else
+    return row_weight(m);
+#endif
+}
+
 static void run_jobs_batch(const job *jobs, int count, int B) {
     int64_t total = 0;
-    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * row_weight(jobs[j].m);
+    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * batch_row_weight(jobs[j].m);
     int t = omp_get_thread_num(), threads = omp_get_num_threads();
     int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
     for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols, rows = m->rows, unit = row_weight(m), size = rows * unit;
+        int64_t cols = m->cols, rows = m->rows, unit = batch_row_weight(m), size = rows * unit;
         if (pos + size > lo && pos < hi) {
             int64_t first = lo > pos ? (lo - pos + unit - 1) / unit : 0;
             int64_t end = hi < pos + size ? (hi - pos + unit - 1) / unit : rows;

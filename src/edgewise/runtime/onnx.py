@@ -110,9 +110,14 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with all graph optimisations and `threads` intra-op threads."""
-    load_model(path)
+def session(path: str | Path, threads: int | None = None, check: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with all graph optimisations and `threads` intra-op threads.
+    `check=False` leaves the file to ONNX Runtime alone (a server: the checker holds a second copy of
+    every weight while it runs)."""
+    if check:
+        load_model(path)
+    elif not Path(path).is_file():
+        raise EdgewiseError(f"{path}: no such file; check the path")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -1,0 +1,338 @@
+"""`edgewise serve` under load, each figure against its peer measured in the same run.
+
+1. HTTP overhead: p50 of the digits model through POST /v2/models/digits/infer (httpx, keep-alive)
+   against ONNX Runtime called in-process on the same file, interleaved.
+2. Cold load: the first request to a converted 0.1B-shaped int4 RWKV file (load seconds, as the
+   server reports them in `usage`, and the client's time to first token).
+3. Continuous batching: 8 concurrent streams of the 0.1B-shaped int8 RWKV against one stream,
+   aggregate tokens/s (rounds alternate; medians).
+4. A follow-up chat turn from its cached state against the same conversation with no cached prefix:
+   time to first token.
+5. Mixed traffic: 10 models whose files total 3x the budget, Zipf-distributed requests from 16
+   concurrent clients for --minutes: errors by kind, the server's peak RSS (sampled every 50 ms)
+   against budget + its RSS at start (its fixed overhead, measured), and whether loads, evictions
+   and residency add up.
+
+    python benchmarks/serve.py [--minutes 2] [--clients 16] [--skip-traffic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+KEY = "bench"
+
+
+class Server:
+    def __init__(self, models: Path, *flags: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "serve", str(models), "--port",
+                                         str(self.port), "--api-key", KEY, *flags],
+                                        stderr=subprocess.PIPE, text=True)
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stderr.read())
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=300)
+
+    @property
+    def rss(self) -> int:
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def metrics(self) -> dict[str, float]:
+        values = {}
+        for line in self.http.get("/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def _stream(url: str, body: dict) -> tuple[float, float, int, dict]:
+    """(time to first text, total seconds, tokens, usage) of one streamed completion."""
+    started, first, usage = time.perf_counter(), None, {}
+    with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        with client.stream("POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                elif first is None and chunk["choices"]:
+                    first = time.perf_counter() - started
+    return first or 0.0, time.perf_counter() - started, usage.get("completion_tokens", 0), usage
+
+
+# -- the models -------------------------------------------------------------------------------
+def make_models(folder: Path, console: Console) -> dict[str, Path]:
+    import torch
+    from torch import nn
+
+    from edgewise.rwkv import RWKV
+    from edgewise.rwkv.synthetic import random_checkpoint
+    from edgewise.runtime.onnx import export
+
+    console.print("building the models (0.1B-shaped RWKV, the digits example, MLPs) ...")
+    made = {}
+    big = random_checkpoint(folder / "raw" / "rwkv-0.1b.pth", layers=12, width=768, vocab=65536,
+                            ranks=(64, 64, 32, 128))
+    single = folder / "single"
+    single.mkdir()
+    for q in ("int8", "int4"):
+        made[q] = RWKV.load(big, quant=q).save(single / f"rwkv-0.1b-{q}.safetensors")
+    subprocess.run([sys.executable, "-m", "edgewise.cli", "compress", "--example", "digits", "--recipe", "int8",
+                    "--out", str(single / "digits"), "--seconds", "0.3"], check=True, capture_output=True)
+    # ten models for the traffic: 6 ONNX MLPs and 4 RWKV files of different sizes
+    traffic = folder / "traffic"
+    traffic.mkdir()
+    torch.manual_seed(0)
+    for i, width in enumerate((1024, 1536, 2048, 2560, 3072, 3584)):
+        mlp = nn.Sequential(nn.Linear(256, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)).eval()
+        (traffic / f"mlp-{i}").mkdir()
+        export(mlp, np.zeros((1, 256), np.float32), traffic / f"mlp-{i}" / "model.onnx")
+    for i, (layers, width) in enumerate(((4, 512), (6, 512), (4, 768), (8, 768))):
+        raw = random_checkpoint(folder / "raw" / f"r{i}.pth", layers=layers, width=width, vocab=65536, seed=i)
+        RWKV.load(raw, quant="int8").save(traffic / f"rwkv-{i}.safetensors")
+    made["single"], made["traffic"] = single, traffic
+    return made
+
+
+# -- 1. HTTP overhead -------------------------------------------------------------------------
+def http_overhead(server: Server, model: Path, rounds: int = 20, per_round: int = 50) -> dict:
+    from edgewise.runtime.onnx import session
+
+    sess = session(model, 2)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    body = {"inputs": [{"name": name, "shape": [1, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    served, direct = [], []
+    for _ in range(5):
+        server.http.post("/v2/models/digits/infer", json=body)
+    for _ in range(rounds):
+        for _ in range(per_round):
+            t = time.perf_counter()
+            answer = server.http.post("/v2/models/digits/infer", json=body)
+            served.append(time.perf_counter() - t)
+        for _ in range(per_round):
+            t = time.perf_counter()
+            sess.run(None, {name: x})
+            direct.append(time.perf_counter() - t)
+    assert answer.status_code == 200
+    expected = sess.run(None, {name: x})[0].ravel()
+    same = np.allclose(answer.json()["outputs"][0]["data"], expected, atol=1e-5)
+    return {"served_p50_ms": statistics.median(served) * 1e3, "direct_p50_ms": statistics.median(direct) * 1e3,
+            "served_p90_ms": float(np.percentile(served, 90)) * 1e3, "same_outputs": same}
+
+
+# -- 3. batching ------------------------------------------------------------------------------
+def batching(server: Server, model: str, streams: int = 8, tokens: int = 64, rounds: int = 3) -> dict:
+    url = server.url + "/v1/completions"
+    body = {"model": model, "max_tokens": tokens, "temperature": 1.0, "top_p": 1.0}
+    _stream(url, {**body, "prompt": "warm", "max_tokens": 4})
+    one, many = [], []
+    for r in range(rounds):
+        _, seconds, n, _ = _stream(url, {**body, "prompt": f"One stream, round {r}:"})
+        one.append(n / seconds)
+        results = [None] * streams
+
+        def run(i):
+            results[i] = _stream(url, {**body, "prompt": f"Stream {i} of round {r}:", "seed": i})
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        many.append(sum(res[2] for res in results) / (time.perf_counter() - started))
+    return {"one_tokens_per_s": statistics.median(one), "many_tokens_per_s": statistics.median(many),
+            "streams": streams}
+
+
+# -- 4. a follow-up turn ----------------------------------------------------------------------
+def follow_up(server: Server, model: str) -> dict:
+    url = server.url + "/v1/chat/completions"
+    words = "the river runs past the old mill and the fox waits by the water for the evening light".split()
+    long = " ".join(random.Random(0).choice(words) for _ in range(400))
+    first = [{"role": "user", "content": f"Read this and tell me what the fox does: {long}"}]
+    body = {"model": model, "max_tokens": 24, "temperature": 0}
+    answer = server.http.post(url, json={**body, "messages": first}).json()
+    turn = first + [answer["choices"][0]["message"], {"role": "user", "content": "And then?"}]
+    cached_ttft, _, _, cached_usage = _stream(url, {**body, "messages": turn, "max_tokens": 4})
+    cold_turn = [{"role": "user", "content": "R" + turn[0]["content"][1:]}] + turn[1:]   # no cached prefix
+    cold_ttft, _, _, cold_usage = _stream(url, {**body, "messages": cold_turn, "max_tokens": 4})
+    return {"cached_ttft_s": cached_ttft, "cold_ttft_s": cold_ttft,
+            "cached_tokens": cached_usage["prompt_tokens_details"]["cached_tokens"],
+            "prompt_tokens": cached_usage["prompt_tokens"], "cold_cached_tokens":
+            cold_usage["prompt_tokens_details"]["cached_tokens"]}
+
+
+# -- 5. mixed traffic ----------------------------------------------------------------------------
+def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dict:
+    ids = sorted(p.stem if p.is_file() else p.name for p in folder.iterdir())
+    total = sum(sum(f.stat().st_size for f in (p.iterdir() if p.is_dir() else [p])) for p in folder.iterdir())
+    budget = total // 3
+    server = Server(folder, "--memory-budget", str(budget), "--max-queue", "8", "--keep-alive", "0")
+    time.sleep(1.0)
+    baseline = server.rss
+    peak, stop = [baseline], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], server.rss)
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rng = random.Random(0)
+    order = ids[:]
+    rng.shuffle(order)   # which model is popular is not which is large
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(order))]
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    x = np.zeros(256, np.float32).tolist()
+
+    async def client(k: int, until: float):
+        local = random.Random(k)
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as http:
+            while time.monotonic() < until:
+                model = local.choices(order, weights)[0]
+                started = time.perf_counter()
+                if model.startswith("rwkv"):
+                    r = await http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
+                else:
+                    r = await http.post(f"/v2/models/{model}/infer", json={"inputs": [
+                        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": x}]})
+                latencies.append(time.perf_counter() - started)
+                key = str(r.status_code) if r.status_code != 200 else "200"
+                if r.status_code not in (200, 503):
+                    key += f" {r.text[:120]}"
+                statuses[key] = statuses.get(key, 0) + 1
+                if r.status_code == 503:
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+
+    async def main():
+        until = time.monotonic() + minutes * 60
+        await asyncio.gather(*(client(k, until) for k in range(clients)))
+
+    console.print(f"traffic: {len(ids)} models, {total / 2**20:.0f} MiB of files, budget {budget / 2**20:.0f} MiB, "
+                  f"{clients} clients, {minutes:g} min ...")
+    asyncio.run(main())
+    stop.set()
+    sampler.join()
+    listing = server.http.get("/v1/models").json()
+    m = server.metrics()
+    loads = {i: m.get(f'edgewise_model_loads_total{{model="{i}"}}', 0) for i in ids}
+    evictions = {i: sum(v for k, v in m.items() if k.startswith("edgewise_model_evictions_total") and f'model="{i}"' in k)
+                 for i in ids}
+    resident = {d["id"]: d["resident"] for d in listing["data"]}
+    adds_up = all(loads[i] - evictions[i] == int(resident[i]) for i in ids) and abs(
+        m["edgewise_resident_bytes"] - sum(d["bytes"] or 0 for d in listing["data"])) < 1
+    code = server.stop()
+    return {"models": len(ids), "files_mib": total / 2**20, "budget_mib": budget / 2**20,
+            "baseline_mib": baseline / 2**20, "peak_mib": peak[0] / 2**20, "statuses": statuses,
+            "requests": len(latencies), "p50_s": statistics.median(latencies), "p99_s": float(np.percentile(latencies, 99)),
+            "loads": int(sum(loads.values())), "evictions": int(sum(evictions.values())), "adds_up": adds_up,
+            "exit_code": code}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--skip-traffic", action="store_true")
+    options = parser.parse_args()
+    console = Console(width=150)
+    from edgewise.measure.machine import describe
+    from edgewise.rwkv import native
+
+    lib = native.library()
+    console.print(f"CPU: {describe()['cpu']}; RWKV kernels: {native.kernels(lib) if lib else 'torch'}")
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="edgewise-serve-bench-") as tmp:
+        made = make_models(Path(tmp), console)
+        server = Server(made["single"], "--memory-budget", "4GB")
+        try:
+            h = http_overhead(server, made["single"] / "digits" / "model.onnx")
+            t = Table(title="1. HTTP overhead, digits int8 through /v2 infer vs ONNX Runtime in-process")
+            for k in ("served_p50_ms", "served_p90_ms", "direct_p50_ms"):
+                t.add_row(k, f"{h[k]:.3f}")
+            console.print(t)
+            checks.append(("HTTP p50 within 1 ms of in-process ORT", h["served_p50_ms"] - h["direct_p50_ms"] <= 1.0
+                           and h["same_outputs"], f"+{h['served_p50_ms'] - h['direct_p50_ms']:.3f} ms"))
+
+            ttft, total, _, usage = _stream(server.url + "/v1/completions", {"model": "rwkv-0.1b-int4",
+                                                                            "prompt": "Hello", "max_tokens": 2})
+            console.print(f"2. cold load of the 0.1B int4 file: {usage['load_seconds']:.2f} s (server), "
+                          f"first token after {ttft:.2f} s (client)")
+            checks.append(("cold load of a converted 0.1B int4 file < 1 s", usage["load_seconds"] < 1.0,
+                           f"{usage['load_seconds']:.2f} s"))
+
+            b = batching(server, "rwkv-0.1b-int8")
+            ratio = b["many_tokens_per_s"] / b["one_tokens_per_s"]
+            console.print(f"3. 0.1B int8 decode: one stream {b['one_tokens_per_s']:.1f} tok/s, "
+                          f"{b['streams']} streams {b['many_tokens_per_s']:.1f} tok/s together = {ratio:.2f}x")
+            checks.append((f"{b['streams']} streams >= 4x one stream", ratio >= 4, f"{ratio:.2f}x"))
+
+            f = follow_up(server, "rwkv-0.1b-int8")
+            console.print(f"4. follow-up turn ({f['prompt_tokens']} prompt tokens, {f['cached_tokens']} from the cache): "
+                          f"first token {f['cached_ttft_s'] * 1e3:.0f} ms; the same turn with no cached prefix "
+                          f"{f['cold_ttft_s'] * 1e3:.0f} ms ({f['cold_ttft_s'] / f['cached_ttft_s']:.1f}x)")
+            checks.append(("a follow-up pays only its new tokens", f["prompt_tokens"] - f["cached_tokens"] <= 16
+                           and f["cold_cached_tokens"] == 0, f"{f['prompt_tokens'] - f['cached_tokens']} new tokens"))
+        finally:
+            server.stop()
+        if not options.skip_traffic:
+            r = traffic(made["traffic"], options.minutes, options.clients, console)
+            t = Table(title=f"5. mixed traffic: {r['models']} models, {r['files_mib']:.0f} MiB of files, "
+                            f"budget {r['budget_mib']:.0f} MiB")
+            for k in ("requests", "p50_s", "p99_s", "loads", "evictions", "baseline_mib", "peak_mib", "statuses",
+                      "adds_up", "exit_code"):
+                t.add_row(k, f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]))
+            console.print(t)
+            errors = {k: v for k, v in r["statuses"].items() if k not in ("200", "503")}
+            over = r["peak_mib"] - r["baseline_mib"]
+            checks.append(("no errors but intended 503s", not errors, str(errors or "none")))
+            checks.append(("peak RSS within budget + the RSS at start", over <= r["budget_mib"],
+                           f"peak - start {over:.0f} MiB vs budget {r['budget_mib']:.0f} MiB"))
+            checks.append(("loads - evictions = resident; bytes add up", r["adds_up"], str(r["adds_up"])))
+    t = Table(title="goals")
+    for name, ok, figure in checks:
+        t.add_row(name, "yes" if ok else "NO", figure)
+    console.print(t)
+
+
+if __name__ == "__main__":
+    main()

@@ -106,6 +106,7 @@ def make_models(folder: Path, console: Console) -> dict[str, Path]:
     from edgewise.runtime.onnx import export
 
     console.print("building the models (0.1B-shaped RWKV, the digits example, MLPs) ...")
+    (folder / "raw").mkdir()
     made = {}
     big = random_checkpoint(folder / "raw" / "rwkv-0.1b.pth", layers=12, width=768, vocab=65536,
                             ranks=(64, 64, 32, 128))

@@ -65,14 +65,15 @@ def test_logits_that_are_not_finite_are_named_not_sampled():
         Sampler(Sampling(seed=1), 10)(logits)
 
 
-@pytest.mark.parametrize("scale, top_p, top_k", [(3.0, 0.85, 0), (0.3, 0.5, 0), (3.0, 0.99, 5), (1.0, 1.0, 40)])
-def test_the_nucleus_is_the_smallest_set_of_largest_tokens_reaching_top_p(scale, top_p, top_k):
-    logits = (np.random.default_rng(1).standard_normal(4096) * scale).astype(np.float32)
-    got = Sampler(Sampling(top_p=top_p, top_k=top_k), 4096).probabilities(logits)
+@pytest.mark.parametrize("scale, top_p, top_k, vocab", [(3.0, 0.85, 0, 4096), (0.3, 0.5, 0, 4096), (3.0, 0.99, 5, 4096),
+                                                       (1.0, 1.0, 40, 4096), (0.1, 0.8, 0, 30000)])   # flat: cut, not sorted
+def test_the_nucleus_is_the_smallest_set_of_largest_tokens_reaching_top_p(scale, top_p, top_k, vocab):
+    logits = (np.random.default_rng(1).standard_normal(vocab) * scale).astype(np.float32)
+    got = Sampler(Sampling(top_p=top_p, top_k=top_k), vocab).probabilities(logits)
     probs = np.exp(logits - logits.max()).astype(np.float64)
     probs /= probs.sum()
     order = np.argsort(-probs)
-    keep = min(top_k or 4096, int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1)   # by a full sort
+    keep = min(top_k or vocab, int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1)   # by a full sort
     assert set(np.flatnonzero(got)) == set(order[:keep].tolist())
     assert got.sum() == pytest.approx(1.0) and np.allclose(got[order[:keep]], probs[order[:keep]] / probs[order[:keep]].sum(), rtol=1e-5)
 

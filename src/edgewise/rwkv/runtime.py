@@ -261,11 +261,10 @@ class RWKV:
         bad = [t for t in tokens if not 0 <= t < self.dims.vocab]
         if bad:
             raise EdgewiseError(f"token id {bad[0]} is out of range: the vocabulary has ids 0..{self.dims.vocab - 1}")
-        if len(tokens) == 1:
-            logits, after = self.forward(tokens, batch.get(0), use_cache=False)
-            batch.set(0, after)
-            return logits[None]
         decoder = self.decoder()
+        if decoder is not None and len(tokens) == 1:   # the decode step, in place: what generate runs
+            view = RWKVState(batch.att_prev[0], batch.ffn_prev[0], batch.S[0])
+            return decoder.step(tokens[0], view, view)[None]
         if decoder is not None:
             return decoder.step_batch(tokens, batch)
         return self._run(torch.tensor(tokens), _Streams(batch), every=True)

@@ -56,9 +56,10 @@ def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path
 
     model = RWKV.load(checkpoints["other"], quant=quant)
     decoder = native.Decoder(model, kernels(path))
-    states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6)]   # 5: a block of 4 and 1
+    # 9 streams: int8 blocks of 4 streams and one left over; a block of 8 for the bf16 LoRA rows, and one
+    states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6, 1, 4, 7, 2)]
     batch = StateBatch.stack(states)
-    tokens = [4, 8, 15, 16, 23]
+    tokens = [4, 8, 15, 16, 23, 42, 1, 2, 3]
     logits = decoder.step_batch(tokens, batch)
     for b, (token, state) in enumerate(zip(tokens, states)):
         after = model.new_state()

@@ -55,6 +55,12 @@ def test_completion_and_chat_through_the_openai_client(server):
     assert whole.choices[0].message.content == "".join(pieces)   # the same seed, streamed or not
 
 
+def test_a_long_answer_is_whole_however_long_it_takes(server):
+    done = server.openai().completions.create(model="chat", prompt="a", max_tokens=1500, temperature=1, seed=2)
+    assert done.usage.completion_tokens == 1500 or done.choices[0].finish_reason == "stop"
+    assert done.choices[0].finish_reason == "length" and len(done.choices[0].text) > 500
+
+
 def test_streamed_tokens_are_the_tokens_edgewise_rwkv_generate_gives_with_the_same_seed(server, models_dir):
     flags = dict(temperature=0.9, top_p=0.8, seed=11)
     cli = subprocess.run([sys.executable, "-m", "edgewise.cli", "rwkv", "generate", str(models_dir / "chat.pth"),

@@ -24,8 +24,7 @@ class TextStream:
         if token == END_OF_TEXT:
             self.stopped = "stop"
             return self.finish()
-        # an id no text maps to (a World vocabulary has a few past its last token) adds nothing
-        self.pending += self.decoder.decode(self.tokenizer.id_to_bytes.get(token, b""))
+        self.pending += self.decoder.decode(self.tokenizer.decode_bytes([token], strict=False))
         hit = min((self.pending.index(s) for s in self.stop if s in self.pending), default=None)
         if hit is not None:
             self.stopped = "stop"

@@ -32,14 +32,18 @@ class WorldTokenizer:
                                 "give UTF-8 text without lone surrogates or raw bytes") from None
         return list(self._rust.encode(text))
 
-    def decode_bytes(self, tokens: list[int]) -> bytes:
+    def decode_bytes(self, tokens: list[int], strict: bool = True) -> bytes:
+        """The bytes of `tokens`; an id no text maps to is an error, or (not `strict`, as for what a
+        model sampled: a World vocabulary has a few ids past its last token) adds nothing."""
+        if not strict:
+            return b"".join(self.id_to_bytes.get(t, b"") for t in tokens)
         try:
             return b"".join(self.id_to_bytes[t] for t in tokens if t != END_OF_TEXT)
         except KeyError as exc:
             raise EdgewiseError(f"token id {exc.args[0]} is not in the World vocabulary") from None
 
-    def decode(self, tokens: list[int]) -> str:
-        return self.decode_bytes(tokens).decode("utf-8", errors="replace")
+    def decode(self, tokens: list[int], strict: bool = True) -> str:
+        return self.decode_bytes(tokens, strict).decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> codecs.IncrementalDecoder:
         """Feeds token bytes, returns text as soon as whole characters are complete."""

@@ -248,25 +248,28 @@ class Server:
 
             return EventSourceResponse(sse(), ping=15)
 
-        try:
-            parts, finish = [], "stop"
-            pending = events()
-            while True:
-                try:
-                    text, reason = await asyncio.wait_for(pending.__anext__(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        stream.cancelled = True
-                    continue
-                except StopAsyncIteration:
-                    break
+        parts, finish = [], ["stop"]
+
+        async def collect():
+            async for text, reason in events():
                 if text is not None:
                     parts.append(text)
                 else:
-                    finish = reason
+                    finish[0] = reason
+        try:
+            collecting = asyncio.ensure_future(collect())
+            while not collecting.done():   # a client that hangs up stops its generation at the next token
+                await asyncio.wait({collecting}, timeout=0.5)
+                if not collecting.done() and await request.is_disconnected():
+                    stream.cancelled = True
+            collecting.result()
             usage = finished(200)
         finally:
+            if not collecting.done():   # this handler was cancelled
+                stream.cancelled = True
+                collecting.cancel()
             await context.__aexit__(None, None, None)
+        finish = finish[0]
         text = "".join(parts)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
@@ -284,7 +287,7 @@ class Server:
         started = time.perf_counter()
         async with self.model(body.model, ("embedding",), "embeddings") as (resident, cold):
             cpu = time.process_time()
-            vectors, tokens = await asyncio.to_thread(resident.runner.embed, texts)
+            vectors, tokens = await _run(resident.runner, resident.runner.embed, texts)
             cpu_s = time.process_time() - cpu
         self.metrics.requests.labels(body.model, "embeddings", "200").inc()
         self.metrics.latency.labels(body.model, "embeddings").observe(time.perf_counter() - started)
@@ -310,13 +313,30 @@ class Server:
         outputs = [o.get("name") for o in body.outputs] if body.outputs else None
         started = time.perf_counter()
         async with self.model(model_id, ("onnx", "embedding"), "infer") as (resident, cold):
-            values = await asyncio.to_thread(resident.runner.infer, feeds, outputs)
+            values = await _run(resident.runner, resident.runner.infer, feeds, outputs)
         self.metrics.requests.labels(model_id, "infer", "200").inc()
         self.metrics.latency.labels(model_id, "infer").observe(time.perf_counter() - started)
         reverse = {np.dtype(v): k for k, v in DATATYPES.items()}
         return {"model_name": model_id, "model_version": "1", **({"id": body.id} if body.id else {}),
                 "outputs": [{"name": name, "shape": list(v.shape), "datatype": reverse.get(v.dtype, "FP32"),
                              "data": v.ravel().tolist()} for name, v in values.items()]}
+
+
+INLINE_SECONDS = 0.002   # a model this quick runs on the event loop: a hop to a thread costs more
+
+
+async def _run(runner, fn, *args):
+    """fn(*args) for `runner`: on the event loop when its runs take under INLINE_SECONDS (as timed so
+    far), else on a worker thread, so that a slow model never stalls the other requests."""
+    quick = getattr(runner, "typical_seconds", None)
+    started = time.perf_counter()
+    if quick is not None and quick < INLINE_SECONDS:
+        result = fn(*args)
+    else:
+        result = await asyncio.to_thread(fn, *args)
+    took = time.perf_counter() - started
+    runner.typical_seconds = took if quick is None else 0.9 * quick + 0.1 * took
+    return result
 
 
 class _Guard:
@@ -369,6 +389,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
+        if any(m.kind == "rwkv" for m in server.pool.catalog.values()):
+            from edgewise.rwkv.tokenizer import world_tokenizer
+            await asyncio.to_thread(world_tokenizer)   # once for every RWKV model, not inside a model's load
         await server.pool.load_pins()
         reaper = asyncio.ensure_future(server.pool.reap())
         yield
@@ -443,7 +466,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v2/models/{model_id}/infer")
     async def infer(model_id: str, body: InferRequest):
-        return await server.infer(model_id, body)
+        return JSONResponse(await server.infer(model_id, body))   # not FastAPI's encoder: it walks every float
 
     @app.get("/v1/models")
     async def models():
@@ -468,7 +491,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        return await server.embeddings(body)
+        return JSONResponse(await server.embeddings(body))
 
     @app.get("/metrics")
     async def metrics():

@@ -208,7 +208,7 @@ class Batcher:
         """Keep the state after everything the stream read (its prompt and the tokens it fed back),
         under that text: the next turn of the conversation starts with it."""
         if stream.fed:
-            self.cache.put(stream.request.prompt + self.tokenizer.decode(stream.fed), state, logits,
+            self.cache.put(stream.request.prompt + self.tokenizer.decode(stream.fed, strict=False), state, logits,
                            stream.prompt_tokens + len(stream.fed))
         tail = stream.text.finish() if stream.text.stopped is None else ""
         if tail:

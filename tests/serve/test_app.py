@@ -55,6 +55,13 @@ def test_completion_and_chat_through_the_openai_client(server):
     assert whole.choices[0].message.content == "".join(pieces)   # the same seed, streamed or not
 
 
+def test_text_that_is_not_utf8_is_a_400_for_that_request_only(server):
+    bad = server.http.post("/v1/completions", content=b'{"model": "chat", "prompt": "a \\ud800 b", "max_tokens": 2}',
+                           headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and "UTF-8" in bad.json()["error"]["message"]
+    assert server.openai().completions.create(model="chat", prompt="fine", max_tokens=2).usage.completion_tokens >= 1
+
+
 def test_a_long_answer_is_whole_however_long_it_takes(server):
     done = server.openai().completions.create(model="chat", prompt="a", max_tokens=1500, temperature=1, seed=2)
     assert done.usage.completion_tokens == 1500 or done.choices[0].finish_reason == "stop"

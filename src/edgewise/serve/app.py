@@ -207,7 +207,8 @@ class Server:
                 while True:
                     kind, value = await stream.events.get()
                     if kind == "error":
-                        raise HTTPError(500, value, kind="server_error")
+                        status, message = value
+                        raise HTTPError(status, message, kind="server_error" if status >= 500 else "invalid_request_error")
                     if kind == "text":
                         if first:
                             self.metrics.ttft.labels(body.model).observe(time.perf_counter() - started)

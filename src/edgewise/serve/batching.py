@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgewise.errors import EdgewiseError
 from edgewise.rwkv.generate import TextStream
 from edgewise.rwkv.runtime import RWKV
 from edgewise.rwkv.sampling import Sampler, Sampling
@@ -105,6 +106,11 @@ class Stream:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
 
+def _deliver(items: list[tuple[Stream, str, object]]) -> None:
+    for stream, kind, value in items:
+        stream.events.put_nowait((kind, value))
+
+
 class Batcher:
     """The thread that runs one RWKV model for every stream of it."""
 
@@ -115,6 +121,7 @@ class Batcher:
         self.batch: StateBatch | None = None
         self.steps = 0
         self.streams_per_step = 0   # summed: / steps = the mean batch
+        self._outbox: list[tuple[Stream, str, object]] = []   # what a step produced, handed over at once
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="edgewise-rwkv-batcher", daemon=True)
         self._thread.start()
@@ -142,10 +149,12 @@ class Batcher:
                 self._admit(wait=not self.active)
                 if self.active:
                     self._step()
+                self._flush()
             except Exception as exc:   # a bug: fail the streams in flight, keep serving the next ones
                 log.exception("RWKV batcher failed")
+                self._flush()
                 for stream in self.active:
-                    stream.emit("error", f"generation failed: {exc}")
+                    stream.emit("error", (500, f"generation failed: {exc}"))
                 self.active, self.batch = [], None
 
     def _admit(self, wait: bool) -> None:
@@ -155,8 +164,27 @@ class Batcher:
             except queue.Empty:
                 return
             wait = False
-            if not stream.cancelled:
+            if stream.cancelled:
+                continue
+            try:
                 self._prefill(stream)
+            except EdgewiseError as exc:   # this request's own problem (text that is not UTF-8): its answer only
+                self._emit(stream, "error", (400, str(exc)))
+            self._flush()   # its first token now, not after the other prefills
+
+    def _emit(self, stream: Stream, kind: str, value) -> None:
+        self._outbox.append((stream, kind, value))
+
+    def _flush(self) -> None:
+        """One wake-up of each event loop per step, not one per stream and token."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for item in self._outbox:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _prefill(self, stream: Stream) -> None:
         request, started = stream.request, time.process_time()
@@ -183,7 +211,7 @@ class Batcher:
         stream.completion_tokens += 1
         piece = stream.text.push(token)
         if piece:
-            stream.emit("text", piece)
+            self._emit(stream, "text", piece)
         stream.next_token = token
         return stream.text.stopped is not None or stream.completion_tokens >= stream.request.max_tokens or stream.cancelled
 
@@ -212,6 +240,5 @@ class Batcher:
                            stream.prompt_tokens + len(stream.fed))
         tail = stream.text.finish() if stream.text.stopped is None else ""
         if tail:
-            stream.emit("text", tail)
-        reason = "stop" if stream.text.stopped else "length"
-        stream.emit("done", reason)
+            self._emit(stream, "text", tail)
+        self._emit(stream, "done", "stop" if stream.text.stopped else "length")

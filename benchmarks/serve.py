@@ -81,18 +81,30 @@ class Server:
 
 
 def _stream(url: str, body: dict) -> tuple[float, float, int, dict]:
-    """(time to first text, total seconds, tokens, usage) of one streamed completion."""
+    """(time to first text, total seconds, tokens, usage) of one streamed completion, read through
+    the standard library's http.client (a client that costs the 2 shared cores little)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    payload = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
     started, first, usage = time.perf_counter(), None, {}
-    with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        with client.stream("POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                elif first is None and chunk["choices"]:
-                    first = time.perf_counter() - started
+    connection.request("POST", parts.path, body=payload, headers={"Authorization": f"Bearer {KEY}",
+                                                                    "Content-Type": "application/json"})
+    response = connection.getresponse()
+    for raw in response:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            if line == "data: [DONE]":
+                break
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        elif first is None and chunk.get("choices"):
+            first = time.perf_counter() - started
+    connection.close()
     return first or 0.0, time.perf_counter() - started, usage.get("completion_tokens", 0), usage
 
 
@@ -205,7 +217,11 @@ def follow_up(server: Server, model: str) -> dict:
     cached_ttft, _, _, cached_usage = _stream(url, {**body, "messages": turn, "max_tokens": 4})
     cold_turn = [{"role": "user", "content": "Now read" + turn[0]["content"][4:]}] + turn[1:]   # no cached prefix
     cold_ttft, _, _, cold_usage = _stream(url, {**body, "messages": cold_turn, "max_tokens": 4})
+    content = answer["choices"][0]["message"]["content"]
     return {"cached_ttft_s": cached_ttft, "cold_ttft_s": cold_ttft,
+            # an answer that does not begin with a space is written back as "Assistant: <answer>", a text
+            # the model did not read: then only the prompt before it comes from the cache
+            "answer_reread": 0 if content[:1].isspace() else answer["usage"]["completion_tokens"],
             "cached_tokens": cached_usage["prompt_tokens_details"]["cached_tokens"],
             "prompt_tokens": cached_usage["prompt_tokens"], "cold_cached_tokens":
             cold_usage["prompt_tokens_details"]["cached_tokens"]}
@@ -321,8 +337,11 @@ def main() -> None:
             console.print(f"4. follow-up turn ({f['prompt_tokens']} prompt tokens, {f['cached_tokens']} from the cache): "
                           f"first token {f['cached_ttft_s'] * 1e3:.0f} ms; the same turn with no cached prefix "
                           f"{f['cold_ttft_s'] * 1e3:.0f} ms ({f['cold_ttft_s'] / f['cached_ttft_s']:.1f}x)")
-            checks.append(("a follow-up pays only its new tokens", f["prompt_tokens"] - f["cached_tokens"] <= 16
-                           and f["cold_cached_tokens"] == 0, f"{f['prompt_tokens'] - f['cached_tokens']} new tokens"))
+            new = f["prompt_tokens"] - f["cached_tokens"]
+            checks.append(("a follow-up pays only its new tokens", new <= 16 + f["answer_reread"]
+                           and f["cold_cached_tokens"] == 0,
+                           f"{new} new tokens" + (f" (the answer's {f['answer_reread']} re-read: no leading space)"
+                                                  if f["answer_reread"] else "")))
         finally:
             server.stop()
         if not options.skip_traffic:

@@ -183,24 +183,30 @@ def http_overhead(server: Server, model: Path, rounds: int = 20, per_round: int 
 
 # -- 3. batching ------------------------------------------------------------------------------
 def batching(server: Server, model: str, streams: int = 8, tokens: int = 64, rounds: int = 3) -> dict:
+    """Decode tokens/s: tokens after each stream's first, over the time from the first of them to the
+    last token of all (so that prompts, prefilled one after another, are not in it)."""
     url = server.url + "/v1/completions"
     body = {"model": model, "max_tokens": tokens, "temperature": 1.0, "top_p": 1.0}
     _stream(url, {**body, "prompt": "warm", "max_tokens": 4})
     one, many = [], []
     for r in range(rounds):
-        _, seconds, n, _ = _stream(url, {**body, "prompt": f"One stream, round {r}:"})
-        one.append(n / seconds)
+        base = time.perf_counter()
+        ttft, seconds, n, _ = _stream(url, {**body, "prompt": f"One stream, round {r}:"})
+        one.append((n - 1) / (seconds - ttft))
         results = [None] * streams
 
         def run(i):
-            results[i] = _stream(url, {**body, "prompt": f"Stream {i} of round {r}:", "seed": i})
+            started = time.perf_counter()
+            first, total, count, _ = _stream(url, {**body, "prompt": f"Stream {i} of round {r}:", "seed": i})
+            results[i] = (started + first, started + total, count)
         threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
-        started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        many.append(sum(res[2] for res in results) / (time.perf_counter() - started))
+        begin, end = max(res[0] for res in results), max(res[1] for res in results)
+        many.append(sum(res[2] - 1 for res in results) / (end - min(res[0] for res in results)))
+        del base, begin
     return {"one_tokens_per_s": statistics.median(one), "many_tokens_per_s": statistics.median(many),
             "streams": streams}
 

@@ -94,6 +94,30 @@ def test_a_model_in_flight_or_pinned_is_never_evicted(folder):
     run(main())
 
 
+def test_a_load_waits_for_a_busy_model_to_finish_then_takes_its_room(folder):
+    async def main():
+        pool = ModelPool(folder, 70 * MiB, room_wait=5.0)
+        for name in ("a", "b", "c"):   # measured once: a later load knows its size and makes room first
+            r, _ = await pool.acquire(name)
+            pool.release(r)
+        pool.close()
+        a, _ = await pool.acquire("a")
+        b, _ = await pool.acquire("b")   # both busy: c must wait
+        waiting = asyncio.ensure_future(pool.acquire("c"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        pool.release(a)
+        c, _ = await asyncio.wait_for(waiting, 2.0)
+        assert set(pool.resident) == {"b", "c"}
+        pool.release(b), pool.release(c)
+        pool.room_wait = 0.2
+        b2, _ = await pool.acquire("b")
+        c2, _ = await pool.acquire("c")
+        with pytest.raises(pool_module.PoolBusy, match="stayed busy for 0.2 s"):
+            await pool.acquire("a")
+    run(main())
+
+
 def test_a_model_that_cannot_fit_even_alone_is_refused_with_the_figures(folder):
     async def main():
         pool = ModelPool(folder, 100 * MiB)

@@ -26,6 +26,10 @@ from edgewise.serve.runners import open_runner
 
 log = logging.getLogger("edgewise.serve")
 LOAD_FACTOR = {"rwkv": 1.1, "embedding": 1.6, "onnx": 1.6}   # first-load guess x file bytes, before any measurement
+# While it loads, a model holds more than it keeps: ONNX Runtime reads the whole protobuf and then copies
+# its weights out of it; room for this much x its resident bytes is made before the load starts.
+LOAD_PEAK = {"rwkv": 1.3, "embedding": 2.0, "onnx": 2.0}
+ROOM_WAIT = 10.0   # seconds a load waits for busy models to finish before answering 503
 
 
 class ModelNotFound(EdgewiseError):
@@ -67,8 +71,9 @@ def _release_memory() -> None:
 
 class ModelPool:
     def __init__(self, models_dir, budget: int, pins: tuple[str, ...] = (), keep_alive: float | None = None,
-                 threads: int | None = None, metrics=None) -> None:
+                 threads: int | None = None, metrics=None, room_wait: float = ROOM_WAIT) -> None:
         self.models_dir, self.budget, self.keep_alive, self.threads = models_dir, budget, keep_alive, threads
+        self.room_wait = room_wait
         self.catalog = scan(models_dir)
         unknown = [p for p in pins if p not in self.catalog]
         if unknown:
@@ -78,6 +83,7 @@ class ModelPool:
         self.resident: dict[str, Resident] = {}
         self.estimates: dict[str, int] = {}   # bytes measured at an earlier load
         self._load_lock = asyncio.Lock()
+        self._released = asyncio.Event()   # set whenever a request lets go of a model
         self.loads = self.evictions = 0
 
     # -- what there is -----------------------------------------------------------------------
@@ -132,6 +138,7 @@ class ModelPool:
         r.in_flight -= 1
         r.last_used = time.monotonic()
         self.enforce()
+        self._released.set()
 
     def enforce(self) -> None:
         """Back within budget after a model grew (an RWKV model's cached states): states first."""
@@ -149,8 +156,18 @@ class ModelPool:
                 if need > self.budget:
                     raise ModelTooLarge(f"the model {model.id} needs about {need / 2**20:.0f} MiB, more than the "
                                         f"whole memory budget ({self.budget / 2**20:.0f} MiB); raise --memory-budget")
-                if not self._make_room(need, keep=model.id):
-                    raise PoolBusy(f"no room for {model.id}: the models that would have to be unloaded are busy")
+                peak = int(need * LOAD_PEAK[model.kind])
+                deadline = time.monotonic() + self.room_wait
+                while not self._make_room(min(peak, self.budget), keep=model.id):   # wait for busy models
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PoolBusy(f"no room for {model.id}: the models that would have to be unloaded "
+                                       f"stayed busy for {self.room_wait:g} s")
+                    self._released.clear()
+                    try:
+                        await asyncio.wait_for(self._released.wait(), timeout=left)
+                    except asyncio.TimeoutError:
+                        pass
                 before = psutil.Process().memory_info().rss
                 started = time.perf_counter()
                 runner = await asyncio.to_thread(open_runner, model, self.threads)
@@ -164,11 +181,17 @@ class ModelPool:
                 log.info("loaded %s: %.1f MiB in %.2f s", model.id, measured / 2**20, r.load_seconds)
                 if measured > self.budget:
                     self._unload(r)
+                    self.evictions += 1
+                    if self.metrics:
+                        self.metrics.evicted(model.id, reason="too-large")
                     raise ModelTooLarge(f"the model {model.id} takes {measured / 2**20:.0f} MiB once loaded, more "
                                         f"than the whole memory budget ({self.budget / 2**20:.0f} MiB); raise "
                                         "--memory-budget")
                 if not self._make_room(0, keep=model.id):   # measured larger than guessed, and the rest is busy
                     self._unload(r)
+                    self.evictions += 1
+                    if self.metrics:
+                        self.metrics.evicted(model.id, reason="no-room")
                     raise PoolBusy(f"no room for {model.id} ({measured / 2**20:.0f} MiB): the models that would "
                                    "have to be unloaded are busy")
         finally:

@@ -26,9 +26,10 @@ from edgewise.serve.runners import open_runner
 
 log = logging.getLogger("edgewise.serve")
 LOAD_FACTOR = {"rwkv": 1.1, "embedding": 1.6, "onnx": 1.6}   # first-load guess x file bytes, before any measurement
-# While it loads, a model holds more than it keeps: ONNX Runtime reads the whole protobuf and then copies
-# its weights out of it; room for this much x its resident bytes is made before the load starts.
-LOAD_PEAK = {"rwkv": 1.3, "embedding": 2.0, "onnx": 2.0}
+# While it loads, a model holds more than it keeps (ONNX Runtime reads the whole protobuf, copies the
+# weights out of it and packs them again). Room for the load's peak is made before it starts: the peak
+# measured at an earlier load of that model, else this much x its resident bytes.
+LOAD_PEAK = {"rwkv": 1.5, "embedding": 3.0, "onnx": 3.0}
 ROOM_WAIT = 10.0   # seconds a load waits for busy models to finish before answering 503
 
 
@@ -60,6 +61,26 @@ class Resident:
         return self.measured + (self.runner.extra_bytes() if self.runner is not None else 0)
 
 
+def _reset_peak_rss() -> None:
+    """Start the kernel's count of this process's peak resident memory again (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _release_memory() -> None:
     """Give freed memory back to the system, so that the process's RSS follows what is resident."""
     gc.collect()
@@ -82,6 +103,7 @@ class ModelPool:
         self.metrics = metrics
         self.resident: dict[str, Resident] = {}
         self.estimates: dict[str, int] = {}   # bytes measured at an earlier load
+        self.peaks: dict[str, int] = {}       # bytes a load of it took at its peak, measured
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()   # set whenever a request lets go of a model
         self.loads = self.evictions = 0
@@ -156,7 +178,7 @@ class ModelPool:
                 if need > self.budget:
                     raise ModelTooLarge(f"the model {model.id} needs about {need / 2**20:.0f} MiB, more than the "
                                         f"whole memory budget ({self.budget / 2**20:.0f} MiB); raise --memory-budget")
-                peak = int(need * LOAD_PEAK[model.kind])
+                peak = self.peaks.get(model.id) or int(need * LOAD_PEAK[model.kind])
                 deadline = time.monotonic() + self.room_wait
                 while not self._make_room(min(peak, self.budget), keep=model.id):   # wait for busy models
                     left = deadline - time.monotonic()
@@ -169,10 +191,14 @@ class ModelPool:
                     except asyncio.TimeoutError:
                         pass
                 before = psutil.Process().memory_info().rss
+                _reset_peak_rss()
                 started = time.perf_counter()
                 runner = await asyncio.to_thread(open_runner, model, self.threads)
                 r.load_seconds = time.perf_counter() - started
                 measured = max(psutil.Process().memory_info().rss - before, runner.nominal_bytes)
+                high = _peak_rss()
+                if high is not None:
+                    self.peaks[model.id] = max(high - before, measured)
                 r.runner, r.measured, r.loaded_at = runner, measured, time.monotonic()
                 self.estimates[model.id] = measured
                 self.loads += 1

@@ -16,6 +16,7 @@ import ctypes
 import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psutil
@@ -81,6 +82,15 @@ def _peak_rss() -> int | None:
     return None
 
 
+def limit_arenas(count: int = 2) -> None:
+    """Cap glibc's malloc arenas (one per thread by default, up to 8 per core): memory freed by a thread
+    other than the one that took it stays in that thread's arena, and RSS drifts above what is resident."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, count)   # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def _release_memory() -> None:
     """Give freed memory back to the system, so that the process's RSS follows what is resident."""
     gc.collect()
@@ -105,7 +115,9 @@ class ModelPool:
         self.estimates: dict[str, int] = {}   # bytes measured at an earlier load
         self.peaks: dict[str, int] = {}       # bytes a load of it took at its peak, measured
         self._load_lock = asyncio.Lock()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="edgewise-load")   # every load on one thread
         self._released = asyncio.Event()   # set whenever a request lets go of a model
+        self._reserved = 0                 # the peak of the load under way: others may not grow into it
         self.loads = self.evictions = 0
 
     # -- what there is -----------------------------------------------------------------------
@@ -190,10 +202,15 @@ class ModelPool:
                         await asyncio.wait_for(self._released.wait(), timeout=left)
                     except asyncio.TimeoutError:
                         pass
+                self._reserved = min(peak, self.budget)
                 before = psutil.Process().memory_info().rss
                 _reset_peak_rss()
                 started = time.perf_counter()
-                runner = await asyncio.to_thread(open_runner, model, self.threads)
+                try:
+                    runner = await asyncio.get_running_loop().run_in_executor(self._loader, open_runner, model,
+                                                                              self.threads)
+                finally:
+                    self._reserved = 0
                 r.load_seconds = time.perf_counter() - started
                 measured = max(psutil.Process().memory_info().rss - before, runner.nominal_bytes)
                 high = _peak_rss()
@@ -226,7 +243,7 @@ class ModelPool:
     def _make_room(self, need: int, keep: str | None) -> bool:
         """Free memory until `need` more bytes fit: cached states, then idle models, LRU first."""
         def over() -> bool:
-            return self.resident_bytes() + need > self.budget
+            return self.resident_bytes() + self._reserved + need > self.budget
 
         if not over():
             return True

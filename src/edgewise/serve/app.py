@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
@@ -50,7 +50,6 @@ class Settings:
     max_tokens: int = 4096               # cap of max_tokens
     threads: int | None = None
     device: str = energy.DEFAULT_PROFILE
-    extra: dict = field(default_factory=dict)
 
 
 # -- request bodies (their schema is the OpenAPI schema) -----------------------------------
@@ -142,7 +141,7 @@ class Server:
 
     # -- the model of a request, counted in its queue ------------------------------------------
     @asynccontextmanager
-    async def model(self, model_id: str, kinds: tuple[str, ...], route: str):
+    async def model(self, model_id: str, kinds: tuple[str, ...]):
         model = self.pool.find(model_id)
         if model.kind not in kinds:
             what = {"rwkv": "an RWKV language model", "embedding": "a text encoder", "onnx": "an ONNX model"}
@@ -186,7 +185,7 @@ class Server:
         route = "chat" if chat else "completions"
         stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        context = self.model(body.model, ("rwkv",), route)
+        context = self.model(body.model, ("rwkv",))
         resident, cold = await context.__aenter__()
         stream = Stream(generation, asyncio.get_running_loop())
         resident.runner.submit(stream)
@@ -286,7 +285,7 @@ class Server:
         if not texts or len(texts) > 256:
             raise HTTPError(400, "input takes 1 to 256 texts", code="invalid_input")
         started = time.perf_counter()
-        async with self.model(body.model, ("embedding",), "embeddings") as (resident, cold):
+        async with self.model(body.model, ("embedding",)) as (resident, cold):
             cpu = time.process_time()
             vectors, tokens = await _run(resident.runner, resident.runner.embed, texts)
             cpu_s = time.process_time() - cpu
@@ -313,7 +312,7 @@ class Server:
                 raise HTTPError(400, f"input {t.name}: data does not fill shape {t.shape} of {t.datatype}") from None
         outputs = [o.get("name") for o in body.outputs] if body.outputs else None
         started = time.perf_counter()
-        async with self.model(model_id, ("onnx", "embedding"), "infer") as (resident, cold):
+        async with self.model(model_id, ("onnx", "embedding")) as (resident, cold):
             values = await _run(resident.runner, resident.runner.infer, feeds, outputs)
         self.metrics.requests.labels(model_id, "infer", "200").inc()
         self.metrics.latency.labels(model_id, "infer").observe(time.perf_counter() - started)
@@ -457,7 +456,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v2/models/{model_id}")
     async def model_metadata(model_id: str):
-        async with server.model(model_id, ("onnx", "embedding"), "metadata") as (resident, _):
+        async with server.model(model_id, ("onnx", "embedding")) as (resident, _):
             return resident.runner.metadata()
 
     @app.get("/v2/models/{model_id}/ready")

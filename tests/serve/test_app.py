@@ -255,6 +255,24 @@ def test_bad_flags_end_in_one_line_and_exit_2(models_dir, flags, message):
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
 
 
+def test_a_broken_model_file_is_a_500_naming_the_model_not_its_path_and_the_rest_still_serve(models_dir, tmp_path):
+    folder = tmp_path / "models"
+    (folder / "broken").mkdir(parents=True)
+    (folder / "broken" / "model.onnx").write_bytes((models_dir / "digits" / "model.onnx").read_bytes()[:500])
+    (folder / "cut.pth").write_bytes((models_dir / "chat.pth").read_bytes()[:4000])
+    (folder / "digits").symlink_to(models_dir / "digits")
+    server = Server(folder)
+    try:
+        for answer in (server.http.post("/v2/models/broken/infer", json={"inputs": [
+                           {"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+                       server.http.post("/v1/completions", json={"model": "cut", "prompt": "a", "max_tokens": 1})):
+            assert answer.status_code == 500 and "cannot be loaded" in answer.text and str(folder) not in answer.text
+        meta = server.http.get("/v2/models/digits")
+        assert meta.status_code == 200
+    finally:
+        server.stop()
+
+
 def test_a_missing_models_folder_is_named(tmp_path):
     run = subprocess.run([sys.executable, "-m", "edgewise.cli", "serve", str(tmp_path / "none"), "--api-key", KEY],
                          capture_output=True, text=True, timeout=60)

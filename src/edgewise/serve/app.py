@@ -31,7 +31,7 @@ from edgewise.rwkv.sampling import Sampling
 from edgewise.serve.batching import Request as Generation
 from edgewise.serve.batching import Stream
 from edgewise.serve.metrics import Metrics
-from edgewise.serve.pool import ModelNotFound, ModelPool, ModelTooLarge, PoolBusy
+from edgewise.serve.pool import ModelBroken, ModelNotFound, ModelPool, ModelTooLarge, PoolBusy
 from edgewise.serve.runners import DATATYPES
 
 PUBLIC = ("/health", "/v2/health/", "/openapi.json")
@@ -423,6 +423,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ModelTooLarge)
     async def too_large(request: Request, exc: ModelTooLarge):
         return failed(request, 507, str(exc), kind="server_error", code="model_too_large")
+
+    @app.exception_handler(ModelBroken)
+    async def broken(request: Request, exc: ModelBroken):
+        return failed(request, 500, str(exc), kind="server_error", code="model_load_failed")
 
     @app.exception_handler(PoolBusy)
     async def busy(request: Request, exc: PoolBusy):

@@ -42,6 +42,10 @@ class ModelTooLarge(EdgewiseError):
     pass
 
 
+class ModelBroken(EdgewiseError):
+    """The model's file cannot be loaded: the server's operator must fix it, not the client."""
+
+
 class PoolBusy(EdgewiseError):
     """Every resident model that would have to go to make room has requests in flight."""
 
@@ -209,6 +213,11 @@ class ModelPool:
                 try:
                     runner = await asyncio.get_running_loop().run_in_executor(self._loader, open_runner, model,
                                                                               self.threads)
+                except EdgewiseError as exc:
+                    log.error("cannot load %s: %s", model.id, exc)
+                    detail = str(exc).replace(str(model.path), model.id).replace(str(model.path.parent) + "/", "")
+                    raise ModelBroken(f"the model {model.id} cannot be loaded ({detail}); the server's log has "
+                                      "the path") from None
                 finally:
                     self._reserved = 0
                 r.load_seconds = time.perf_counter() - started

@@ -104,3 +104,16 @@ def test_a_cancelled_stream_leaves_at_the_next_token(model):
     finally:
         batcher.close()
     assert stream.completion_tokens < 100 and not batcher.active
+
+
+def test_an_answer_is_written_back_as_the_model_read_it():
+    from edgewise.serve.app import ChatMessage, chat_prompt
+
+    turns = [ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello"),
+             ChatMessage(role="user", content="More")]
+    assert chat_prompt(turns) == "User: Hi\n\nAssistant: Hello\n\nUser: More\n\nAssistant:"   # by hand
+    read = "User: Hi\n\nAssistant:Hel"   # a state that read the start of "Hello" right after the colon
+    known = lambda text, start: text.startswith(read) and len(read) > start   # noqa: E731
+    assert chat_prompt(turns, known) == "User: Hi\n\nAssistant:Hello\n\nUser: More\n\nAssistant:"
+    spaced = [turns[0], ChatMessage(role="assistant", content=" Hello"), turns[2]]
+    assert chat_prompt(spaced) == "User: Hi\n\nAssistant: Hello\n\nUser: More\n\nAssistant:"

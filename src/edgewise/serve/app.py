@@ -116,17 +116,23 @@ def _error(request_path: str, status: int, message: str, kind: str = "invalid_re
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The RWKV World chat format: "User: ...\\n\\nAssistant: ...", ending with "Assistant:". An
-    assistant turn is written back exactly as it was generated (its leading space included), so
-    that a conversation sent back finds its cached state."""
-    turns = []
+def chat_prompt(messages: list[ChatMessage], generated=None) -> str:
+    """The RWKV World chat format: "User: ...\n\nAssistant: ...", ending with "Assistant:".
+
+    An assistant turn is written back as this server generated it, so that a conversation sent back
+    finds its cached state: right after "Assistant:" when it begins with a space (as a trained model's
+    answers do) or when `generated(text, start)` says a cached state read it so (an answer that began
+    without one); other turns (written by hand) get the space the format puts after the colon."""
+    history = ""
     for m in messages:
         content = m.content if isinstance(m.content, str) else "".join(
             part.get("text", "") for part in m.content or [] if isinstance(part, dict))
         role = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}[m.role]
-        turns.append(f"{role}:{content}" if content[:1].isspace() else f"{role}: {content}")
-    return "\n\n".join(turns) + "\n\nAssistant:"
+        head = history + ("\n\n" if history else "") + f"{role}:"
+        verbatim = content[:1].isspace() or (m.role == "assistant" and generated is not None
+                                             and generated(head + content, len(head)))
+        history = head + (content if verbatim else " " + content)
+    return history + "\n\nAssistant:"
 
 
 class Server:
@@ -179,14 +185,17 @@ class Server:
                             frequency_penalty=body.frequency_penalty, seed=body.seed)
         return Generation(prompt, min(asked, self.settings.max_tokens), sampling, stop)
 
-    async def generate(self, request: Request, body: _Generation, prompt: str, chat: bool):
+    async def generate(self, request: Request, body: _Generation, prompt: str | list[ChatMessage], chat: bool):
+        """A completion of `prompt`, or (chat) of the conversation `prompt` holds."""
         started = time.perf_counter()
-        generation = self._generation(body, prompt, chat)
+        generation = self._generation(body, prompt if isinstance(prompt, str) else "", chat)
         route = "chat" if chat else "completions"
         stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         context = self.model(body.model, ("rwkv",))
         resident, cold = await context.__aenter__()
+        if not isinstance(prompt, str):   # rendered against this model's cached states
+            generation.prompt = chat_prompt(prompt, resident.runner.cache.read_beyond)
         stream = Stream(generation, asyncio.get_running_loop())
         resident.runner.submit(stream)
 
@@ -491,7 +500,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatRequest):
-        return await server.generate(request, body, chat_prompt(body.messages), chat=True)
+        return await server.generate(request, body, body.messages, chat=True)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):

@@ -55,6 +55,12 @@ class StateCache:
             state, logits, tokens = self._entries[key]
             return key, state.copy(), logits, tokens
 
+    def read_beyond(self, text: str, start: int) -> bool:
+        """Whether a cached state read `text` past its first `start` characters: the model read (part
+        of) what follows there, as it stands in `text`."""
+        with self._lock:
+            return any(len(k) > start and text.startswith(k) for k in self._entries)
+
     def put(self, text: str, state: RWKVState, logits: np.ndarray, tokens: int) -> None:
         with self._lock:
             if text in self._entries:

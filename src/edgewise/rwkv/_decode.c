@@ -643,17 +643,34 @@ static int64_t row_weight(const ew_matrix *m) {
     return m->kind == F32 ? 8 * cols : m->kind == BF16 ? 4 * cols : m->kind == INT8 ? 2 * cols : cols;
 }
 
-static void run_jobs(const job *jobs, int count) {
+#define MAX_JOBS 8
+
+/* This thread's rows of each job, [first[j], end[j]): all rows of all jobs are shared in contiguous
+ * runs of equal cost; a row belongs to the thread whose share holds its start. */
+static void share_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), int64_t *first, int64_t *end) {
     int64_t total = 0;
-    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * row_weight(jobs[j].m);
+    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * cost(jobs[j].m);
     int t = omp_get_thread_num(), threads = omp_get_num_threads();
     int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
     for (int j = 0; j < count; j++) {
+        int64_t rows = jobs[j].m->rows, unit = cost(jobs[j].m), size = rows * unit;
+        first[j] = end[j] = 0;
+        if (pos + size > lo && pos < hi) {
+            first[j] = lo > pos ? (lo - pos + unit - 1) / unit : 0;
+            end[j] = hi < pos + size ? (hi - pos + unit - 1) / unit : rows;
+        }
+        pos += size;
+    }
+}
+
+static void run_jobs(const job *jobs, int count) {
+    int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
+    share_rows(jobs, count, row_weight, firsts, ends);
+    for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols, unit = row_weight(m), size = (int64_t)m->rows * unit;
-        if (pos + size > lo && pos < hi) {  /* a row belongs to the thread whose share holds its start */
-            int first = lo > pos ? (int)((lo - pos + unit - 1) / unit) : 0;
-            int end = hi < pos + size ? (int)((hi - pos + unit - 1) / unit) : m->rows;
+        int64_t cols = m->cols;
+        if (ends[j] > firsts[j]) {
+            int first = (int)firsts[j], end = (int)ends[j];
 #ifdef EW_INT4_Q8
             int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
 #ifdef EW_INT8_Q16
@@ -690,7 +707,6 @@ static void run_jobs(const job *jobs, int count) {
                 jobs[j].y[r] = activate(y, jobs[j].activation);
             }
         }
-        pos += size;
     }
 #pragma omp barrier
 }
@@ -1350,16 +1366,13 @@ static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *o
 #endif
 
 static void run_jobs_batch(const job *jobs, int count, int B) {
-    int64_t total = 0;
-    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * batch_row_weight(jobs[j].m);
-    int t = omp_get_thread_num(), threads = omp_get_num_threads();
-    int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
+    int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
+    share_rows(jobs, count, batch_row_weight, firsts, ends);
     for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols, rows = m->rows, unit = batch_row_weight(m), size = rows * unit;
-        if (pos + size > lo && pos < hi) {
-            int64_t first = lo > pos ? (lo - pos + unit - 1) / unit : 0;
-            int64_t end = hi < pos + size ? (hi - pos + unit - 1) / unit : rows;
+        int64_t cols = m->cols, rows = m->rows;
+        if (ends[j] > firsts[j]) {
+            int64_t first = firsts[j], end = ends[j];
             const float *x = jobs[j].x;
             float *y = jobs[j].y;
             int done = 0;
@@ -1406,7 +1419,6 @@ static void run_jobs_batch(const job *jobs, int count, int B) {
                     for (int b = 0; b < B; b++)
                         y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jobs[j].activation);
         }
-        pos += size;
     }
 #pragma omp barrier
 }

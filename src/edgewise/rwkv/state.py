@@ -95,10 +95,6 @@ class StateBatch:
         """Stream b's state, as a copy."""
         return RWKVState(*(t[b].clone() for t in self._tensors()))
 
-    def set(self, b: int, state: RWKVState) -> None:
-        for mine, theirs in zip(self._tensors(), (state.att_prev, state.ffn_prev, state.S)):
-            mine[b] = theirs
-
     def joined(self, state: RWKVState) -> StateBatch:
         """This batch with `state` as its last row."""
         return StateBatch(*(torch.cat([mine, theirs.float()[None]]) for mine, theirs in

@@ -42,7 +42,6 @@ class StateCache:
         self._entries: OrderedDict[str, tuple[RWKVState, np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
-        self.hits = 0
 
     def longest(self, text: str) -> tuple[str, RWKVState | None, np.ndarray | None, int]:
         """(key, a copy of its state, its logits, its tokens) for the longest cached prefix of `text`."""
@@ -51,7 +50,6 @@ class StateCache:
             if key is None:
                 return "", None, None, 0
             self._entries.move_to_end(key)
-            self.hits += 1
             state, logits, tokens = self._entries[key]
             return key, state.copy(), logits, tokens
 
@@ -134,10 +132,6 @@ class Batcher:
 
     def submit(self, stream: Stream) -> None:
         self.incoming.put(stream)
-
-    @property
-    def live(self) -> int:
-        return len(self.active) + self.incoming.qsize()
 
     @property
     def batch_bytes(self) -> int:

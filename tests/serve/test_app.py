@@ -125,6 +125,13 @@ def test_kserve_v2_infer_metadata_and_health(server, models_dir):
     bad = server.http.post("/v2/models/digits/infer", json={"inputs": [
         {"name": name, "shape": [3, 1, 8, 8], "datatype": "FP32", "data": [1.0, 2.0]}]})
     assert bad.status_code == 400 and "does not fill shape" in bad.json()["error"]
+    # bodies the raw-ASGI route leaves to FastAPI: one that needs pydantic's coercion answers the same,
+    # one that breaks the schema gets its reason
+    coerced = server.http.post("/v2/models/digits/infer", json={"id": "r1", "inputs": [
+        {"name": name, "shape": ["3", "1", "8", "8"], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    assert coerced.status_code == 200 and coerced.json() == answer
+    empty = server.http.post("/v2/models/digits/infer", json={"inputs": []})
+    assert empty.status_code == 400 and "inputs" in empty.json()["error"]
 
 
 def test_requests_without_a_key_get_401_and_health_stays_public(server):

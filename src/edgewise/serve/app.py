@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hmac
 import json
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from edgewise.serve.pool import ModelBroken, ModelNotFound, ModelPool, ModelTooL
 from edgewise.serve.runners import DATATYPES
 
 PUBLIC = ("/health", "/v2/health/", "/openapi.json")
+_INFER = re.compile(r"/v2/models/([^/]+)/infer")
+_DATATYPE_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
 CHAT_STOP = "\n\nUser:"   # where an RWKV World chat model's answer ends: the next turn begins
 
 
@@ -309,26 +312,72 @@ class Server:
                           "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format
                           == "base64" else v.tolist()} for i, v in enumerate(vectors)]}
 
-    async def infer(self, model_id: str, body: InferRequest) -> dict:
+    async def infer(self, model_id: str, body: dict) -> dict:
+        """body: an InferRequest as plain JSON values (validated by pydantic or by `_plain_infer`)."""
         feeds = {}
-        for t in body.inputs:
-            if t.datatype not in DATATYPES:
-                raise HTTPError(400, f"input {t.name}: datatype {t.datatype} is not one of {', '.join(DATATYPES)}")
+        for t in body["inputs"]:
+            name, shape, datatype = t["name"], t["shape"], t["datatype"]
+            if datatype not in DATATYPES:
+                raise HTTPError(400, f"input {name}: datatype {datatype} is not one of {', '.join(DATATYPES)}")
             try:
-                array = np.asarray(t.data, dtype=DATATYPES[t.datatype])
-                feeds[t.name] = array.reshape(t.shape)
+                array = np.asarray(t["data"], dtype=DATATYPES[datatype])
+                feeds[name] = array.reshape(shape)
             except (ValueError, TypeError, OverflowError):
-                raise HTTPError(400, f"input {t.name}: data does not fill shape {t.shape} of {t.datatype}") from None
-        outputs = [o.get("name") for o in body.outputs] if body.outputs else None
+                raise HTTPError(400, f"input {name}: data does not fill shape {shape} of {datatype}") from None
+        outputs = [o.get("name") for o in body["outputs"]] if body.get("outputs") else None
         started = time.perf_counter()
         async with self.model(model_id, ("onnx", "embedding")) as (resident, cold):
             values = await _run(resident.runner, resident.runner.infer, feeds, outputs)
         self.metrics.requests.labels(model_id, "infer", "200").inc()
         self.metrics.latency.labels(model_id, "infer").observe(time.perf_counter() - started)
-        reverse = {np.dtype(v): k for k, v in DATATYPES.items()}
-        return {"model_name": model_id, "model_version": "1", **({"id": body.id} if body.id else {}),
-                "outputs": [{"name": name, "shape": list(v.shape), "datatype": reverse.get(v.dtype, "FP32"),
+        return {"model_name": model_id, "model_version": "1", **({"id": body["id"]} if body.get("id") else {}),
+                "outputs": [{"name": name, "shape": list(v.shape), "datatype": _DATATYPE_OF.get(v.dtype, "FP32"),
                              "data": v.ravel().tolist()} for name, v in values.items()]}
+
+
+def _plain_infer(raw: bytes) -> dict | None:
+    """An infer body, when it is exactly what InferRequest describes, with every value of the type it
+    names (no coercion); else None, and the request goes the FastAPI way, whose validation explains."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("id", ""), (str, type(None))):
+        return None
+    inputs, outputs = body.get("inputs"), body.get("outputs")
+    if not isinstance(inputs, list) or not inputs or not (outputs is None or isinstance(outputs, list) and
+                                                            all(isinstance(o, dict) for o in outputs)):
+        return None
+    for t in inputs:
+        if not (isinstance(t, dict) and type(t.get("name")) is str and type(t.get("datatype")) is str
+                and isinstance(t.get("data"), list) and isinstance(t.get("shape"), list)
+                and all(type(n) is int for n in t["shape"])):
+            return None
+    return body
+
+
+def error_of(exc: Exception) -> tuple | None:
+    """(status, message, kind, code, headers) of an error a route raises on purpose; None for a bug."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message, exc.kind, exc.code, exc.headers
+    for kind, status, error_kind, code, headers in (
+            (ModelNotFound, 404, "invalid_request_error", "model_not_found", None),
+            (ModelTooLarge, 507, "server_error", "model_too_large", None),
+            (ModelBroken, 500, "server_error", "model_load_failed", None),
+            (PoolBusy, 503, "server_error", "busy", {"Retry-After": "1"}),
+            (EdgewiseError, 400, "invalid_request_error", None, None)):
+        if isinstance(exc, kind):
+            return status, str(exc), error_kind, code, headers
+    return None
+
+
+async def _send_json(send, status: int, content, headers: dict | None = None) -> None:
+    """What JSONResponse sends, without Starlette's route and middleware stack."""
+    data = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
 
 
 INLINE_SECONDS = 0.002   # a model this quick runs on the event loop: a hop to a thread costs more
@@ -353,8 +402,8 @@ class _Guard:
     read whole (up to the limit) before the route sees it, so an oversized one gets 413 however it is
     sent (Content-Length or chunked)."""
 
-    def __init__(self, app, settings: Settings) -> None:
-        self.app, self.settings = app, settings
+    def __init__(self, app, settings: Settings, server: "Server | None" = None) -> None:
+        self.app, self.settings, self.server = app, settings, server
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -381,6 +430,11 @@ class _Guard:
             more = message.get("more_body", False)
             if len(body) > limit:
                 return await too_large(scope, receive, send)
+        if self.server is not None and scope["method"] == "POST":
+            found = _INFER.fullmatch(path)
+            body_json = _plain_infer(body) if found else None
+            if body_json is not None:
+                return await self._infer(found.group(1), body_json, send)
         replayed = False
 
         async def replay():
@@ -391,6 +445,20 @@ class _Guard:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+    async def _infer(self, model_id: str, body: dict, send) -> None:
+        """POST /v2/models/{id}/infer straight from ASGI: the request is the same and so is the
+        answer, but FastAPI's router, validation and middleware cost more than a small model's run."""
+        try:
+            answer = await self.server.infer(model_id, body)
+        except Exception as exc:
+            known = error_of(exc)
+            if known is None:
+                raise
+            status, message, _, _, headers = known
+            self.server.metrics.requests.labels(model_id, "infer", str(status)).inc()
+            return await _send_json(send, status, {"error": message}, headers)
+        await _send_json(send, 200, answer)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -416,34 +484,16 @@ def create_app(settings: Settings) -> FastAPI:
         server.metrics.requests.labels(model, request.url.path.rsplit("/", 1)[-1], str(status)).inc()
         return _error(request.url.path, status, *args, **kwargs)
 
-    @app.exception_handler(HTTPError)
-    async def http_error(request: Request, exc: HTTPError):
-        return failed(request, exc.status, exc.message, exc.kind, exc.code, exc.headers)
+    async def known_error(request: Request, exc: Exception):
+        return failed(request, *error_of(exc))
+
+    for kind in (HTTPError, ModelNotFound, ModelTooLarge, ModelBroken, PoolBusy, EdgewiseError):
+        app.add_exception_handler(kind, known_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, exc: StarletteHTTPException):
         message = (f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail))
         return _error(request.url.path, exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
-
-    @app.exception_handler(ModelNotFound)
-    async def not_found(request: Request, exc: ModelNotFound):
-        return failed(request, 404, str(exc), code="model_not_found")
-
-    @app.exception_handler(ModelTooLarge)
-    async def too_large(request: Request, exc: ModelTooLarge):
-        return failed(request, 507, str(exc), kind="server_error", code="model_too_large")
-
-    @app.exception_handler(ModelBroken)
-    async def broken(request: Request, exc: ModelBroken):
-        return failed(request, 500, str(exc), kind="server_error", code="model_load_failed")
-
-    @app.exception_handler(PoolBusy)
-    async def busy(request: Request, exc: PoolBusy):
-        return failed(request, 503, str(exc), kind="server_error", code="busy", headers={"Retry-After": "1"})
-
-    @app.exception_handler(EdgewiseError)
-    async def bad_input(request: Request, exc: EdgewiseError):
-        return failed(request, 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -479,7 +529,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v2/models/{model_id}/infer")
     async def infer(model_id: str, body: InferRequest):
-        return JSONResponse(await server.infer(model_id, body))   # not FastAPI's encoder: it walks every float
+        # what _Guard did not take straight (a body needing pydantic's coercion): not FastAPI's encoder, it walks every float
+        return JSONResponse(await server.infer(model_id, body.model_dump()))
 
     @app.get("/v1/models")
     async def models():
@@ -510,4 +561,4 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics():
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return _Guard(app, settings), app
+    return _Guard(app, settings, server), app

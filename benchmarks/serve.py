@@ -256,9 +256,12 @@ def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dic
         while not stop.is_set():
             peak[0] = max(peak[0], server.rss)
             ticks += 1
-            if ticks % 40 == 0 and os.environ.get("EDGEWISE_BENCH_TRACE"):
+            if ticks % 10 == 0 and os.environ.get("EDGEWISE_BENCH_TRACE"):
                 listed = httpx.get(server.url + "/v1/models", headers=server.headers, timeout=30).json()
-                unaccounted.append(((server.rss - listed["resident_bytes"]) / 2**20, listed["resident_bytes"] / 2**20))
+                unaccounted.append(((server.rss - listed["resident_bytes"] - listed["reserved_bytes"]) / 2**20,
+                                    listed["resident_bytes"] / 2**20, listed["reserved_bytes"] / 2**20,
+                                    [(d["id"], round((d["bytes"] or 0) / 2**20), d["in_flight"]) for d in listed["data"]
+                                     if d["resident"]]))
             time.sleep(0.05)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -310,7 +313,7 @@ def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dic
             "started_mib": started_rss / 2**20, "baseline_mib": baseline / 2**20, "peak_mib": peak[0] / 2**20, "statuses": statuses,
             "requests": len(latencies), "p50_s": statistics.median(latencies), "p99_s": float(np.percentile(latencies, 99)),
             "loads": int(sum(loads.values())), "evictions": int(sum(evictions.values())), "adds_up": adds_up,
-            "exit_code": code, **({"unaccounted_mib": [(round(a), round(b)) for a, b in unaccounted]}
+            "exit_code": code, **({"unaccounted_mib": [(round(a), round(b), round(c), d) for a, b, c, d in unaccounted]}
                                    if unaccounted else {})}
 
 

@@ -78,13 +78,14 @@ def test_the_state_cache_resumes_the_longest_cached_text_and_counts_its_bytes(mo
     logits, longer = model.forward([4], state, use_cache=False)
     cache.put("User: hi", state, logits, 3)
     cache.put("User: hi there", longer, logits, 4)
-    assert cache.bytes == 2 * state.size_bytes and len(cache) == 2
+    entry = state.size_bytes + logits.nbytes   # a state's bytes and its logits'
+    assert cache.bytes == 2 * entry and len(cache) == 2
     key, got, _, tokens = cache.longest("User: hi there, how are you")
     assert key == "User: hi there" and tokens == 4 and got is not longer and (got.S == longer.S).all()
     assert cache.longest("Assistant:")[0] == ""
-    assert cache.evict_one() == state.size_bytes   # the least recently used: "User: hi"
+    assert cache.evict_one() == entry   # the least recently used: "User: hi"
     assert cache.longest("User: hi!")[0] == "" and cache.longest("User: hi there!")[0] == "User: hi there"
-    assert cache.evict_one() == state.size_bytes and cache.bytes == 0 and cache.evict_one() == 0
+    assert cache.evict_one() == entry and cache.bytes == 0 and cache.evict_one() == 0
 
 
 def test_a_cancelled_stream_leaves_at_the_next_token(model):

@@ -70,9 +70,9 @@ def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_bud
 
     from edgewise.measure import energy
     from edgewise.serve.app import Settings, create_app
-    from edgewise.serve.pool import limit_arenas
+    from edgewise.serve.pool import tune_malloc
 
-    limit_arenas()
+    tune_malloc()
     if no_auth and api_key:
         raise EdgewiseError("--no-auth and --api-key contradict each other: give one")
     if no_auth and not is_loopback(host):

@@ -535,7 +535,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": server.pool.describe(), "budget_bytes": settings.budget,
-                "resident_bytes": server.pool.resident_bytes()}
+                "resident_bytes": server.pool.resident_bytes(), "reserved_bytes": server.pool.reserved_bytes}
 
     @app.get("/v1/models/{model_id}")
     async def one_model(model_id: str):

@@ -33,6 +33,11 @@ log = logging.getLogger("edgewise.serve")
 STATE_ENTRIES = 512   # at most this many cached states per model (the byte budget usually binds first)
 
 
+def _entry_bytes(entry: tuple[RWKVState, np.ndarray, int]) -> int:
+    """A cached state's bytes with its logits' (the vocabulary's floats: a quarter of a small model's state)."""
+    return entry[0].size_bytes + entry[1].nbytes
+
+
 class StateCache:
     """States after texts this model has read, keyed by the text, LRU. Text, not tokens: a client
     sends a conversation back as text, and the tokens of a concatenation need not be the tokens of
@@ -62,18 +67,18 @@ class StateCache:
     def put(self, text: str, state: RWKVState, logits: np.ndarray, tokens: int) -> None:
         with self._lock:
             if text in self._entries:
-                self.bytes -= self._entries.pop(text)[0].size_bytes
-            self._entries[text] = (state.copy(), logits.copy(), tokens)
-            self.bytes += state.size_bytes
+                self.bytes -= _entry_bytes(self._entries.pop(text))
+            entry = self._entries[text] = (state.copy(), logits.copy(), tokens)
+            self.bytes += _entry_bytes(entry)
             while len(self._entries) > STATE_ENTRIES:
-                self.bytes -= self._entries.popitem(last=False)[1][0].size_bytes
+                self.bytes -= _entry_bytes(self._entries.popitem(last=False)[1])
 
     def evict_one(self) -> int:
         """Drop the least recently used state; the bytes freed (0 when empty)."""
         with self._lock:
             if not self._entries:
                 return 0
-            freed = self._entries.popitem(last=False)[1][0].size_bytes
+            freed = _entry_bytes(self._entries.popitem(last=False)[1])
             self.bytes -= freed
             return freed
 

@@ -86,11 +86,17 @@ def _peak_rss() -> int | None:
     return None
 
 
-def limit_arenas(count: int = 2) -> None:
-    """Cap glibc's malloc arenas (one per thread by default, up to 8 per core): memory freed by a thread
-    other than the one that took it stays in that thread's arena, and RSS drifts above what is resident."""
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 << 10) -> None:
+    """Make the process's RSS follow what is resident (glibc). Cap the malloc arenas (one per thread by
+    default, up to 8 per core: memory freed by a thread other than the one that took it stays in that
+    thread's arena). Fix the size from which a block is mmap-ed, returned to the system when freed:
+    glibc raises it to the largest block freed so far, after which a cached state (about 1 MiB) comes
+    from the heap, and short-lived buffers between long-lived states keep the heap from shrinking
+    (measured: 8 clients of a small RWKV model for 10 s left 461 MiB that no model held, 153 with this)."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, count)   # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)           # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)   # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -134,6 +140,11 @@ class ModelPool:
 
     def resident_bytes(self) -> int:
         return sum(r.bytes for r in self.resident.values() if r.runner is not None)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """The room kept for the load under way (its peak, as measured before or guessed), else 0."""
+        return self._reserved
 
     def describe(self) -> list[dict]:
         rows = []

@@ -1,0 +1,331 @@
+"""Latency and energy on a device edgewise does not run on: a kernel-additive roofline, calibrated.
+
+Each node of the graph ONNX Runtime runs costs `max(ops / peak, bytes / bandwidth) / efficiency +
+overhead`: ops and bytes from the node's own shapes (ONNX Runtime's per-node profile reports them),
+the peak of the node's dtype and the bandwidth from the target's profile, the efficiency per kind of
+node (how far from the roofline ONNX Runtime's kernels run) and the per-node and per-run overheads
+measured on the host (calibrate.py). A model's latency is the sum over its nodes; energy is the
+target's active power x that time. Every figure is an estimate and carries the error band measured on
+the host (leave-one-family-out, benchmarks/targets.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgewise.errors import EdgewiseError
+
+# Nodes whose arithmetic is multiply-adds over a reduction (2 ops each); the rest is one op per output
+# element (ELEMENTWISE_OPS more for transcendental ones).
+CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcConv", "ConvTranspose"}
+MATMUL_OPS = {"MatMul", "FusedMatMul", "Gemm", "QGemm", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+              "MatMulIntegerToFloat", "MatMulNBits", "FusedGemm"}
+INT8_OPS = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+            "MatMulIntegerToFloat", "MatMulNBits"}
+HEAVY_ELEMENTWISE = {"Softmax": 5, "LayerNormalization": 8, "SkipLayerNormalization": 8, "Gelu": 8, "FastGelu": 8,
+                     "BiasGelu": 8, "Erf": 8, "Tanh": 4, "Sigmoid": 4, "Exp": 4}
+_SIZES = {"float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+          "uint8": 1, "bool": 1, "uint16": 2, "uint32": 4, "uint64": 8}
+MEMORY_EFFICIENCY = 0.7   # of a target's theoretical bandwidth that streaming reaches (STREAM-like, typical)
+
+
+@dataclass(frozen=True)
+class NodeWork:
+    name: str
+    op: str
+    ops: float       # arithmetic operations
+    bytes: float     # bytes read and written
+    dtype: str       # "int8" or "fp32": which peak bounds it
+    us: float = 0.0  # measured on the host (profile), when known
+
+    depthwise: bool = False
+
+    @property
+    def kind(self) -> str:
+        cls = ("dwconv" if self.depthwise else "conv") if self.op in CONV_OPS else "matmul" if self.op in MATMUL_OPS \
+            else self.op
+        return f"{cls}/{self.dtype}"
+
+
+def _shapes(entries) -> list[tuple[str, list[int]]]:
+    out = []
+    for entry in entries or ():
+        for dtype, shape in entry.items():
+            out.append((dtype, [int(d) for d in shape]))
+    return out
+
+
+def _elements(shape: list[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def node_work(name: str, op: str, inputs, outputs, us: float = 0.0, weights=()) -> NodeWork:
+    """The arithmetic and traffic of one node from its input and output [{dtype: shape}] lists (as
+    ONNX Runtime's profiler reports them) and its weights [(dtype, shape)] from the graph: the profiler
+    leaves out a weight ONNX Runtime has pre-packed."""
+    ins, outs = _shapes(inputs), _shapes(outputs)
+    listed = [(t, tuple(s)) for t, s in ins]
+    extra = []
+    for dtype, dims in weights:
+        if (dtype, tuple(dims)) in listed:
+            listed.remove((dtype, tuple(dims)))
+        else:
+            extra.append((dtype, list(dims)))
+    out_elements = sum(_elements(s) for _, s in outs)
+    moved = sum(_elements(s) * _SIZES.get(t, 4) for t, s in ins + outs + extra)
+    depthwise = False
+    if op in CONV_OPS:
+        kernels = [s for _, s in ins[1:] + extra if len(s) >= 3]
+        per_output = _elements(kernels[0]) / kernels[0][0] if kernels else 1   # Cin / groups x kh x kw
+        depthwise = bool(kernels) and kernels[0][1] == 1 and kernels[0][0] > 1   # one input channel per filter
+        ops = 2.0 * out_elements * per_output
+    elif op in MATMUL_OPS and ins:
+        reduction = ins[0][1][-1] if ins[0][1] else 1
+        ops = 2.0 * out_elements * reduction
+    else:
+        ops = float(out_elements * HEAVY_ELEMENTWISE.get(op, 1))
+    return NodeWork(name, op, ops, float(moved), "int8" if op in INT8_OPS else "fp32", us, depthwise)
+
+
+_ONNX_TYPES = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+               11: "double", 16: "bfloat16"}
+
+
+def _graph_weights(optimized: Path) -> dict[str, list[tuple[str, list[int]]]]:
+    """Node name -> the (dtype, shape) of each initializer it reads, in the graph ONNX Runtime saved."""
+    import onnx
+
+    model = onnx.load(str(optimized), load_external_data=False)
+    inits = {t.name: (_ONNX_TYPES.get(t.data_type, "float"), list(t.dims)) for t in model.graph.initializer}
+    return {n.name: [inits[i] for i in n.input if i in inits] for n in model.graph.node}
+
+
+def read_profile(path: str | Path, weights: dict | None = None) -> tuple[list[NodeWork], int]:
+    """Per-node work and the median time of each node over the profiled runs; and the run count."""
+    events = json.loads(Path(path).read_text())
+    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    times: dict[str, list[float]] = {}
+    first: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        key = f"{e['args'].get('node_index', '')}:{e['name']}"
+        times.setdefault(key, []).append(float(e["dur"]))
+        first.setdefault(key, e)
+    nodes = []
+    for key, e in first.items():
+        args, name = e["args"], e["name"][: -len("_kernel_time")]
+        nodes.append(node_work(name, args.get("op_name", "?"), args.get("input_type_shape"),
+                               args.get("output_type_shape"), statistics.median(times[key]),
+                               (weights or {}).get(name, ())))
+    return nodes, runs
+
+
+def _session(path: Path | bytes, threads: int, profile_prefix: str | None = None, optimized: Path | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    try:
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise EdgewiseError(f"{'the model' if isinstance(path, bytes) else path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _profiled(path: Path | bytes, threads: int, runs: int, feeds=None) -> list[NodeWork]:
+    from edgewise.targets.graph import dummy_feeds
+
+    with tempfile.TemporaryDirectory(prefix="edgewise-profile-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        session = _session(path, threads, str(Path(tmp) / "ort"), optimized)
+        feeds = feeds if feeds is not None else dummy_feeds(session)
+        for _ in range(runs + 2):   # the first runs warm up: their times fall in the medians' tails
+            session.run(None, feeds)
+        nodes, _ = read_profile(session.end_profiling(), _graph_weights(optimized))
+    return nodes
+
+
+@functools.cache
+def profiler_cost_us(threads: int) -> float:
+    """What ONNX Runtime's profiler adds to each node's reported time (about 8 us here): a chain of
+    tiny Adds profiled, against the same chain's time per node without the profiler."""
+    from edgewise.targets.calibrate import chain_session
+
+    session, x = chain_session(200, threads)
+    profiled = _profiled(session._model_bytes, threads, 10, {"x": x})
+    per_node = _per_node_s(threads) * 1e6
+    return max(statistics.median(n.us for n in profiled) - per_node, 0.0)
+
+
+@functools.cache
+def _per_node_s(threads: int) -> float:
+    from edgewise.targets.calibrate import overheads_s
+
+    return overheads_s(threads=threads)[0]
+
+
+def profile(path: str | Path, threads: int | None = None, runs: int = 10) -> tuple[list[NodeWork], float]:
+    """The nodes ONNX Runtime runs for the model at `path` (all graph optimisations, as it ships), each
+    with its work and its median time over `runs` on this machine; and the model's median latency in
+    seconds without the profiler. The profiler adds a cost to every node's time (about 8 us here, more
+    than a small node takes): it is taken off evenly, so that the nodes add up to that latency, and
+    never more than twice what it adds to a chain of tiny nodes."""
+    threads = threads or os.cpu_count() or 1
+    nodes = _profiled(Path(path), threads, runs)
+    seconds = latency_ms(path, threads, seconds=0.3) / 1e3
+    cap = 2 * profiler_cost_us(threads)
+    excess = (sum(n.us for n in nodes) - (seconds - _run_overhead_s(threads)) * 1e6) / max(len(nodes), 1)
+    cost = min(max(excess, 0.0), cap)
+    return [replace(n, us=max(n.us - cost, 0.05)) for n in nodes], seconds
+
+
+@functools.cache
+def _run_overhead_s(threads: int) -> float:
+    from edgewise.targets.calibrate import overheads_s
+
+    return overheads_s(threads=threads)[1]
+
+
+def latency_ms(path: str | Path, threads: int | None = None, seconds: float = 1.0) -> float:
+    """Median end-to-end latency of one inference on ONNX Runtime here (no profiler on)."""
+    from edgewise.targets.graph import dummy_feeds
+
+    session = _session(Path(path), threads or os.cpu_count() or 1)
+    feeds = dummy_feeds(session)
+    for _ in range(5):
+        session.run(None, feeds)
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 20:
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+@dataclass
+class Machine:
+    """What the roofline divides by: peaks in ops/s per dtype, bandwidth in B/s, overheads in s."""
+
+    peak: dict[str, float]
+    bandwidth: float
+    node_overhead: float
+    run_overhead: float
+
+
+@dataclass
+class Efficiency:
+    """How a kind of node runs against the roofline: it takes its fixed cost plus
+    max(ops / (peak x compute), bytes / (bandwidth x memory)). The fixed cost is the smallest time a
+    node of that kind took (its smallest instances are all overhead: dispatch to the thread pool,
+    layout checks); `compute` is fitted on the nodes the roofline calls compute-bound and `memory` on
+    the memory-bound ones, each only on nodes whose ideal time is at least their fixed cost (the rest
+    say nothing of the kernel's speed). What a kind lacks comes from `default`, fitted on every node."""
+
+    by_kind: dict[str, dict[str, float]]    # kind -> {"overhead": s, "compute": e, "memory": e}, any may be missing
+    default: dict[str, float]
+
+    def of(self, kind: str, what: str) -> float:
+        return self.by_kind.get(kind, {}).get(what, self.default[what])
+
+    def to_json(self) -> dict:
+        return {"by_kind": self.by_kind, "default": self.default}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Efficiency:
+        return cls({k: dict(v) for k, v in raw["by_kind"].items()}, dict(raw["default"]))
+
+
+def _times(node: NodeWork, machine: Machine) -> tuple[float, float]:
+    return node.ops / machine.peak.get(node.dtype, machine.peak["fp32"]), node.bytes / machine.bandwidth
+
+
+def ideal_s(node: NodeWork, machine: Machine) -> float:
+    return max(_times(node, machine))
+
+
+def _bound(node: NodeWork, machine: Machine) -> str:
+    compute, memory = _times(node, machine)
+    return "compute" if compute >= memory else "memory"
+
+
+EFFICIENCY_RANGE = (0.005, 4.0)   # above 1: caches beat the DRAM bandwidth the roofline assumes
+
+
+def _efficiencies(nodes: list[NodeWork], machine: Machine, overhead: float) -> dict[str, float]:
+    lo, hi = EFFICIENCY_RANGE
+    found = {}
+    for bound in ("compute", "memory"):
+        mine = [n for n in nodes if _bound(n, machine) == bound and ideal_s(n, machine) >= overhead]
+        spent = sum(max(n.us * 1e-6 - overhead, 1e-8) for n in mine)
+        if mine and spent > 0:
+            found[bound] = min(max(sum(ideal_s(n, machine) for n in mine) / spent, lo), hi)
+    return found
+
+
+def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
+    """Efficiency from measured nodes (their `us`, the profiler's cost taken off)."""
+    kinds: dict[str, list[NodeWork]] = {}
+    for node in nodes:
+        kinds.setdefault(node.kind, []).append(node)
+    by_kind = {}
+    for kind, mine in kinds.items():
+        overhead = max(min(n.us for n in mine) * 1e-6, machine.node_overhead)
+        by_kind[kind] = {"overhead": overhead, **_efficiencies(mine, machine, overhead)}
+    overheads = [v["overhead"] for v in by_kind.values()]
+    default_overhead = float(np.median(overheads)) if overheads else machine.node_overhead
+    every = []   # each node less its own kind's fixed cost, for the defaults
+    for node in nodes:
+        every.append(replace(node, us=max(node.us - by_kind[node.kind]["overhead"] * 1e6 + default_overhead * 1e6, 0.0)))
+    # A kind never seen memory-bound streams at the measured bandwidth (the roofline itself): what the
+    # other kinds' memory-bound nodes managed (transposes, reorders: strided, small) says little of it.
+    default = {"overhead": default_overhead, "compute": 0.5,
+               **_efficiencies(every, machine, default_overhead), "memory": 1.0}
+    return Efficiency(by_kind, default)
+
+
+def node_s(node: NodeWork, machine: Machine, efficiency: Efficiency, clock_scale: float = 1.0) -> float:
+    compute, memory = _times(node, machine)
+    return efficiency.of(node.kind, "overhead") * clock_scale + max(
+        compute / efficiency.of(node.kind, "compute"), memory / efficiency.of(node.kind, "memory"))
+
+
+def estimate_s(nodes: list[NodeWork], machine: Machine, efficiency: Efficiency, clock_scale: float = 1.0) -> float:
+    """Seconds for one run of a model made of `nodes` on `machine`; fixed costs measured on the host
+    take `clock_scale` (the host's clock / the machine's) times as long."""
+    return machine.run_overhead + sum(node_s(n, machine, efficiency, clock_scale) for n in nodes)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank)."""
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        values = np.asarray(x)
+        for v in np.unique(values):
+            same = values == v
+            r[same] = r[same].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -28,7 +28,7 @@ from edgewise.errors import EdgewiseError
 from edgewise.targets.estimate import MEMORY_EFFICIENCY, Efficiency, Machine, estimate_s, fit_efficiency, profile
 from edgewise.targets.profiles import Target, parse
 
-VERSION = 1   # of the cached file's layout
+VERSION = 2   # of the cached file's layout
 
 
 def cache_path() -> Path:
@@ -109,11 +109,24 @@ def _graph_session(nodes, inputs, outputs, initializers=(), threads: int | None 
     return session, onnx
 
 
-def bandwidth_bytes_s(mb: int = 256) -> float:
+def bandwidth_bytes_s(mb: float = 256) -> float:
     import torch
 
-    x = torch.ones(mb * 2**20 // 4)
+    x = torch.ones(int(mb * 2**20) // 4)
     return x.numel() * 4 / _timed(lambda: x.sum())
+
+
+def cache_bytes() -> tuple[int, str]:
+    """The last-level cache's size (Linux sysfs), and where it was read."""
+    best = 0
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            text = (index / "size").read_text().strip()
+            size = int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]] if text[-1] in "KM" else int(text)
+            best = max(best, size)
+        except (OSError, ValueError):
+            pass
+    return best, "/sys/devices/system/cpu/cpu0/cache (the largest level)"
 
 
 def gemm_ops_s(dtype: str, m: int = 256, k: int = 1024, n: int = 1024) -> float:
@@ -177,7 +190,8 @@ def runtime_costs() -> tuple[int, int]:
 # -- calibration ----------------------------------------------------------------------------
 def host_machine(calibration: dict) -> Machine:
     return Machine({"fp32": calibration["theoretical_fp32"], "int8": calibration["theoretical_int8"]},
-                   calibration["bandwidth"], calibration["node_overhead"], calibration["run_overhead"])
+                   calibration["bandwidth"], calibration["node_overhead"], calibration["run_overhead"],
+                   calibration["cache_bytes"], calibration["cache_bandwidth"])
 
 
 def target_machine(target: Target, calibration: dict) -> Machine:
@@ -186,9 +200,10 @@ def target_machine(target: Target, calibration: dict) -> Machine:
     if target.name == "host":
         return host_machine(calibration)
     scale = calibration["clock_ghz"] / max(target.clock_ghz.value, 1e-3)
+    bandwidth = target.bandwidth_gbs.value * 1e9 * MEMORY_EFFICIENCY
     return Machine({"fp32": target.peak_gops_fp32.value * 1e9, "int8": target.peak_gops_int8.value * 1e9},
-                   target.bandwidth_gbs.value * 1e9 * MEMORY_EFFICIENCY, calibration["node_overhead"] * scale,
-                   calibration["run_overhead"] * scale)
+                   bandwidth, calibration["node_overhead"] * scale, calibration["run_overhead"] * scale,
+                   target.cache_bytes.value, bandwidth * calibration["cache_bandwidth"] / calibration["bandwidth"])
 
 
 def leave_one_family_out(measured: dict[str, list], machine: Machine) -> dict:
@@ -220,6 +235,10 @@ def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress
         "measured_fp32": gemm_ops_s("fp32"), "measured_int8": gemm_ops_s("int8"),
         "bandwidth": bandwidth_bytes_s(), "node_overhead": node_overhead, "run_overhead": run_overhead,
     }
+    size, where = cache_bytes()
+    calibration.update({"cache_bytes": size, "cache_source": where,
+                        "cache_bandwidth": bandwidth_bytes_s(min(size / 4, 8 * 2**20) / 2**20) if size else
+                        calibration["bandwidth"]})
     machine = host_machine(calibration)
     with tempfile.TemporaryDirectory(prefix="edgewise-zoo-") as tmp:
         folder = Path(zoo_folder or tmp)
@@ -285,6 +304,8 @@ def host() -> Target:
         "peak_gops_int8": _figure(c["theoretical_int8"] / 1e9, "derived", f"cores x clock x op/cycle ({c['why']}); "
                                   f"ONNX Runtime's MatMulInteger measured {c['measured_int8'] / 1e9:.0f} GOP/s"),
         "bandwidth_gbs": _figure(c["bandwidth"] / 1e9, "measured", "a 256 MB reduction, every core"),
+        "cache_bytes": _figure(c["cache_bytes"], "measured", f"{c['cache_source']}; read there at "
+                               f"{c['cache_bandwidth'] / 1e9:.0f} GB/s (measured)"),
         "power_active_w": _figure(watts * c["cores"], "derived", f"no RAPL here: the {energy.DEFAULT_PROFILE} profile's "
                                   f"{watts:.1f} W per busy core"),
         "power_idle_w": _figure(0, "derived", "counted from busy power only"),

@@ -47,8 +47,8 @@ class NodeWork:
     bytes: float     # bytes read and written
     dtype: str       # "int8" or "fp32": which peak bounds it
     us: float = 0.0  # measured on the host (profile), when known
-
     depthwise: bool = False
+    model_weights: float = 0.0   # bytes of all the model's weights: whether they stay in a cache between runs
 
     @property
     def kind(self) -> str:
@@ -160,8 +160,10 @@ def _profiled(path: Path | bytes, threads: int, runs: int, feeds=None) -> list[N
         feeds = feeds if feeds is not None else dummy_feeds(session)
         for _ in range(runs + 2):   # the first runs warm up: their times fall in the medians' tails
             session.run(None, feeds)
-        nodes, _ = read_profile(session.end_profiling(), _graph_weights(optimized))
-    return nodes
+        weights = _graph_weights(optimized)
+        nodes, _ = read_profile(session.end_profiling(), weights)
+    total = float(sum(_elements(d) * _SIZES.get(t, 4) for ws in weights.values() for t, d in ws))
+    return [replace(n, model_weights=total) for n in nodes]
 
 
 @functools.cache
@@ -229,6 +231,8 @@ class Machine:
     bandwidth: float
     node_overhead: float
     run_overhead: float
+    cache_bytes: float = 0.0       # the last-level cache
+    cache_bandwidth: float = 0.0
 
 
 @dataclass
@@ -244,7 +248,13 @@ class Efficiency:
     default: dict[str, float]
 
     def of(self, kind: str, what: str) -> float:
-        return self.by_kind.get(kind, {}).get(what, self.default[what])
+        """The figure of `kind`, else of its nearest relative that has one (a depthwise convolution's
+        of a convolution's, an int8 kind's of its fp32 form's), else the default."""
+        cls, _, dtype = kind.partition("/")
+        for candidate in (kind, f"conv/{dtype}" if cls == "dwconv" else None, f"{cls}/fp32" if dtype != "fp32" else None):
+            if candidate and what in self.by_kind.get(candidate, {}):
+                return self.by_kind[candidate][what]
+        return self.default[what]
 
     def to_json(self) -> dict:
         return {"by_kind": self.by_kind, "default": self.default}
@@ -255,7 +265,11 @@ class Efficiency:
 
 
 def _times(node: NodeWork, machine: Machine) -> tuple[float, float]:
-    return node.ops / machine.peak.get(node.dtype, machine.peak["fp32"]), node.bytes / machine.bandwidth
+    """(compute-bound, memory-bound) seconds; memory at the last-level cache's bandwidth when all the
+    model's weights fit in it (run after run, they stay there), else at the memory's."""
+    cached = 0 < node.model_weights <= machine.cache_bytes
+    return (node.ops / machine.peak.get(node.dtype, machine.peak["fp32"]),
+            node.bytes / (machine.cache_bandwidth if cached else machine.bandwidth))
 
 
 def ideal_s(node: NodeWork, machine: Machine) -> float:
@@ -267,14 +281,15 @@ def _bound(node: NodeWork, machine: Machine) -> str:
     return "compute" if compute >= memory else "memory"
 
 
-EFFICIENCY_RANGE = (0.005, 4.0)   # above 1: caches beat the DRAM bandwidth the roofline assumes
+EFFICIENCY_RANGE = (0.005, 2.0)
+SIGNIFICANT = 2.0   # a node speaks of its kernel's speed when its ideal time is this many times its fixed cost
 
 
 def _efficiencies(nodes: list[NodeWork], machine: Machine, overhead: float) -> dict[str, float]:
     lo, hi = EFFICIENCY_RANGE
     found = {}
     for bound in ("compute", "memory"):
-        mine = [n for n in nodes if _bound(n, machine) == bound and ideal_s(n, machine) >= overhead]
+        mine = [n for n in nodes if _bound(n, machine) == bound and ideal_s(n, machine) >= SIGNIFICANT * overhead]
         spent = sum(max(n.us * 1e-6 - overhead, 1e-8) for n in mine)
         if mine and spent > 0:
             found[bound] = min(max(sum(ideal_s(n, machine) for n in mine) / spent, lo), hi)
@@ -290,8 +305,7 @@ def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
     for kind, mine in kinds.items():
         overhead = max(min(n.us for n in mine) * 1e-6, machine.node_overhead)
         by_kind[kind] = {"overhead": overhead, **_efficiencies(mine, machine, overhead)}
-    overheads = [v["overhead"] for v in by_kind.values()]
-    default_overhead = float(np.median(overheads)) if overheads else machine.node_overhead
+    default_overhead = machine.node_overhead   # a kind never seen: what a trivial node costs (tiny Adds)
     every = []   # each node less its own kind's fixed cost, for the defaults
     for node in nodes:
         every.append(replace(node, us=max(node.us - by_kind[node.kind]["overhead"] * 1e6 + default_overhead * 1e6, 0.0)))

@@ -18,8 +18,8 @@ FOLDER = Path(__file__).with_name("profiles")
 KINDS = ("vendor", "derived", "measured")
 CLASSES = ("board", "phone", "laptop", "desktop", "server", "mcu", "host")
 RUNTIMES = ("onnxruntime", "tflite-micro")
-NUMBERS = ("cores", "clock_ghz", "peak_gops_fp32", "peak_gops_int8", "bandwidth_gbs", "power_active_w",
-           "power_idle_w")
+NUMBERS = ("cores", "clock_ghz", "peak_gops_fp32", "peak_gops_int8", "bandwidth_gbs", "cache_bytes",
+           "power_active_w", "power_idle_w")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Target:
     peak_gops_fp32: Figure
     peak_gops_int8: Figure
     bandwidth_gbs: Figure
+    cache_bytes: Figure                 # the last-level cache: weights that fit stay there run after run
     power_active_w: Figure
     power_idle_w: Figure
     ram: tuple[Region, ...]

@@ -22,6 +22,7 @@ from typer.exceptions import TyperException
 
 from edgewise.errors import EdgewiseError
 from edgewise.rwkv.cli import app as rwkv_app
+from edgewise.targets.cli import app as targets_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Make trained models fit the edge, and prove what it cost.")
@@ -33,6 +34,7 @@ def _root() -> None:
 
 
 app.add_typer(rwkv_app, name="rwkv")
+app.add_typer(targets_app, name="targets")
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

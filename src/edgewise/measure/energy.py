@@ -24,13 +24,21 @@ class DeviceProfile:
     basis: str
 
 
-PROFILES = {p.name: p for p in [
-    DeviceProfile("server-x86", 4.0, "AMD EPYC 9755: 500 W TDP / 128 cores"),
-    DeviceProfile("desktop-x86", 10.6, "AMD Ryzen 9 9950X: 170 W TDP / 16 cores"),
-    DeviceProfile("laptop-x86", 3.5, "28 W mobile part / 8 cores"),
-    DeviceProfile("raspberry-pi-5", 1.2, "about 4.8 W above idle with 4 Cortex-A76 cores busy"),
-    DeviceProfile("phone-arm", 1.0, "one big Cortex-A7x-class core at high clock"),
-]}
+def _profiles() -> dict[str, DeviceProfile]:
+    """One per device profile of edgewise.targets (and its aliases): power above idle per busy core."""
+    from edgewise.targets.profiles import all_profiles
+
+    found = {}
+    for t in all_profiles():
+        active, idle = t.power_active_w, t.power_idle_w
+        basis = (f"{t.title}: ({active.value:g} W busy [{active.kind}] - {idle.value:g} W idle [{idle.kind}]) / "
+                 f"{t.cores.value:g} cores (edgewise targets show {t.name})")
+        for name in (t.name, *t.aliases):
+            found[name] = DeviceProfile(name, round(t.watts_per_core, 2), basis)
+    return found
+
+
+PROFILES = _profiles()
 DEFAULT_PROFILE = "server-x86"
 
 

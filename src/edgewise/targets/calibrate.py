@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgewise.errors import EdgewiseError
+from edgewise.files import write_json
 from edgewise.targets.estimate import MEMORY_EFFICIENCY, Efficiency, Machine, estimate_s, fit_efficiency, profile
 from edgewise.targets.profiles import Target, parse
 
@@ -33,14 +34,14 @@ VERSION = 2   # of the cached file's layout
 
 def cache_path() -> Path:
     import onnxruntime as ort
-    from platformdirs import user_cache_dir
 
+    from edgewise.files import cache_dir
     from edgewise.measure.machine import KERNEL_FEATURES, _cpu_model, cpu_flags
 
     key = json.dumps([_cpu_model(), sorted(f for f in KERNEL_FEATURES if f in cpu_flags()), os.cpu_count(),
                       ort.__version__, VERSION])
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return Path(os.environ.get("EDGEWISE_CACHE", user_cache_dir("edgewise"))) / "targets" / f"host-{digest}.json"
+    return cache_dir() / "targets" / f"host-{digest}.json"
 
 
 def _clock_ghz() -> tuple[float, str]:
@@ -220,8 +221,9 @@ def leave_one_family_out(measured: dict[str, list], machine: Machine) -> dict:
     return {"rows": rows, "median_error": float(np.median(errors)), "p90_error": float(np.percentile(errors, 90))}
 
 
-def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress=None) -> dict:
-    """Measure this machine (see the module's docstring); the calibration as a dict (cached by `host`)."""
+def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress=None, families=None) -> dict:
+    """Measure this machine (see the module's docstring); the calibration as a dict (cached by `host`).
+    `families` narrows the zoo (at least two: the band is leave-one-family-out)."""
     from edgewise.targets import zoo
 
     clock, clock_source = _clock_ghz()
@@ -242,11 +244,14 @@ def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress
     machine = host_machine(calibration)
     with tempfile.TemporaryDirectory(prefix="edgewise-zoo-") as tmp:
         folder = Path(zoo_folder or tmp)
+        chosen = tuple(families or zoo.FAMILIES)
+        if len(chosen) < 2:
+            raise EdgewiseError("calibration needs at least two families of models (its band is leave-one-family-out)")
         if quick:
-            models = zoo.build(folder, widths={f: (w[0], w[-1]) for f, w in zoo.WIDTHS.items()},
+            models = zoo.build(folder, chosen, widths={f: (w[0], w[-1]) for f, w in zoo.WIDTHS.items()},
                                depths={f: d[-1:] for f, d in zoo.DEPTHS.items()}, variants=("fp32", "int8"))
         else:
-            models = zoo.build(folder)
+            models = zoo.build(folder, chosen)
         measured: dict[str, list] = {}
         for m in models:
             nodes, seconds = profile(m.path, runs=10)
@@ -262,9 +267,7 @@ def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress
     calibration["runtime_flash_bytes"], calibration["runtime_ram_bytes"] = size, ram
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(calibration, indent=1))
-    tmp_path.replace(path)
+    write_json(path, calibration)   # atomic: an interrupted calibration leaves none, not half of one
     return calibration
 
 

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+from torch import nn
+
+from edgewise.cli import main
+from edgewise.runtime.onnx import export
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A real calibration of this machine on a narrowed zoo (two families), in a cache of its own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEWISE_CACHE_DIR", str(tmp_path_factory.mktemp("calibration")))
+    from edgewise.targets.calibrate import cache_path, calibrate
+
+    calibration = calibrate(families=("mlp", "cnn"))
+    yield calibration, cache_path()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "model.onnx"
+    export(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).eval(), np.zeros((1, 64), np.float32), path)
+    return path
+
+
+def test_calibration_is_cached_and_makes_the_host_a_target(calibrated, capsys):
+    calibration, path = calibrated
+    assert path.is_file() and json.loads(path.read_text())["version"] == calibration["version"]
+    assert calibration["band"]["models"] == 8 and calibration["band"]["method"].startswith("leave-one-family-out")
+    assert calibration["bandwidth"] > 0 and calibration["measured_fp32"] > 0 and calibration["efficiency"]["by_kind"]
+    assert main(["targets", "show", "host", "--json"]) == 0
+    host = json.loads(capsys.readouterr().out)
+    assert host["bandwidth_gbs"]["kind"] == "measured" and host["cores"]["value"] >= 1
+    assert main(["targets", "list", "--json"]) == 0
+    assert "host" in [t["name"] for t in json.loads(capsys.readouterr().out)]
+
+
+def test_estimate_says_it_is_one_and_carries_the_band(calibrated, model, capsys):
+    assert main(["targets", "estimate", str(model), "--target", "raspberry-pi-5", "--json"]) == 0
+    pi = json.loads(capsys.readouterr().out)
+    assert pi["estimated"] and pi["latency_ms"] > 0 and pi["band"]["models"] == 8
+    assert pi["energy_mj"] == pytest.approx(pi["power_w"] * pi["latency_ms"])
+    assert main(["targets", "estimate", str(model), "--target", "stm32h743", "--json"]) == 0
+    mcu = json.loads(capsys.readouterr().out)
+    assert mcu["latency_ms"] > 3 * pi["latency_ms"]   # 0.96 GFLOP/s at 480 MHz against 154 at 2.4 GHz
+
+
+def test_fit_exit_codes_and_errors(model, tmp_path, capsys):
+    assert main(["targets", "fit", str(model), "--target", "stm32h743"]) == 0
+    assert "fits" in capsys.readouterr().out
+    big = tmp_path / "big.onnx"
+    export(nn.Linear(1024, 1024).eval(), np.zeros((1, 1024), np.float32), big)   # 4 MB of weights
+    assert main(["targets", "fit", str(big), "--target", "stm32h743"]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "flash" in out and "short" in out
+    assert main(["targets", "fit", str(model), "--target", "toaster"]) == 2
+    assert main(["targets", "fit", str(tmp_path / "nope.onnx"), "--target", "stm32h743"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown target 'toaster'" in err and "no such file or folder" in err and "Traceback" not in err
+
+
+def test_show_names_every_source(capsys):
+    assert main(["targets", "show", "stm32h743"]) == 0
+    out = capsys.readouterr().out
+    assert "AXI SRAM" in out and "[vendor]" in out and "[derived]" in out

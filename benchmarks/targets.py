@@ -1,7 +1,7 @@
 """The latency estimator of `edgewise targets`, checked on the host, leave-one-family-out.
 
-Builds the zoo (edgewise.targets.zoo: 4 families x 3 widths x 2 depths x fp32 / int8, and pruned
-variants: 54 models), measures each on ONNX Runtime (median latency, every core) and profiles it
+Builds the zoo (edgewise.targets.zoo: 4 families x 3 widths x 2 depths x fp32 / int8, int8 dynamic for
+the convolution families, and pruned variants: 66 models), measures each on ONNX Runtime (median latency, every core) and profiles it
 node by node. For each family, the estimator is calibrated on the other three families' nodes only
 and estimates that family's models; beside it, two naive predictors fitted on the same other
 families: latency linear in FLOPs, and linear in parameters. Printed: Spearman rank correlation,
@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgewise-zoo-") as tmp:
         if options.quick:
             models = zoo.build(tmp, widths={f: (w[0], w[-1]) for f, w in zoo.WIDTHS.items()},
-                               depths={f: d[-1:] for f, d in zoo.DEPTHS.items()}, variants=("fp32", "int8"))
+                               depths={f: d[-1:] for f, d in zoo.DEPTHS.items()}, variants=("fp32", "int8", "int8-dynamic"))
         else:
             models = zoo.build(tmp)
         console.print(f"{len(models)} models; measuring and profiling each ...")

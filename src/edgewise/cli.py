@@ -157,7 +157,9 @@ def optimize(
     relative: Annotated[bool, typer.Option(help="--max-drop is a percentage of the baseline metric.")] = False,
     objective: Annotated[str, typer.Option(help="What to minimise: latency, size or energy.")] = "latency",
     max_size_mb: Annotated[Optional[float], typer.Option(help="Largest model file, MB.")] = None,
-    max_latency_ms: Annotated[Optional[float], typer.Option(help="Largest batch-1 p50 latency, ms.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="Largest batch-1 p50 latency, ms (with --target: estimated there).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Optimise for a device (edgewise targets list): candidates must fit it; latency and energy are its estimates.")] = None,
+    max_ram_mb: Annotated[Optional[float], typer.Option(help="Largest RAM on --target, MB.")] = None,
     trials: Annotated[int, typer.Option(min=1, help="Recipes to try (capped by the search space).")] = 20,
     time_budget_min: Annotated[float, typer.Option(help="Stop starting trials after this many minutes.")] = 10.0,
     study: Annotated[Optional[str], typer.Option(help="Optuna storage to resume from, e.g. sqlite:///edgewise.db.")] = None,
@@ -177,7 +179,7 @@ def optimize(
     from edgewise.optimization.report import write_outputs
     from edgewise.optimization.search import Constraints, SearchSettings
 
-    constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms)
+    constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms, target, max_ram_mb)
     settings = SearchSettings(objective=objective, trials=trials, time_budget_min=time_budget_min, study=study,
                               guard=guard, threads=threads)
     _check_writable(out)

@@ -200,3 +200,43 @@ def test_interrupted_run_writes_best_so_far_and_a_valid_report(tmp_path):
     assert card["interrupted"] and card["trials"] >= 1
     assert (tmp_path / "out" / "report.html").read_text().count("<svg") == 2
     assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_optimizing_for_a_microcontroller_drops_what_does_not_fit_before_measuring_it(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from edgewise.optimization import search
+    from edgewise.task import Task
+    from edgewise.optimization.report import render_markdown
+    from edgewise.targets.calibrate import calibrate
+
+    calibrate(families=("mlp", "cnn"))   # the estimates' calibration, narrowed (into this session's cache)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 3)).eval()   # 4 MB fp32, 1 MB int8
+    x = np.random.default_rng(0).standard_normal((200, 1024)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    task = Task(model, train=(x[:120], y[:120]), calibration=(x[:64],), eval=(x[120:], y[120:]), name="wide")
+    measured = []
+    real = search.bench
+    monkeypatch.setattr(search, "bench", lambda targets, s: measured.append(targets[0].name) or real(targets, s))
+    settings = SearchSettings(trials=4, time_budget_min=2, trial_seconds=0.1, distill_epochs=1)
+    result = optimize(task, Constraints(max_drop=50.0, target="stm32h743"), settings, final_seconds=0.2,
+                      workdir=tmp_path / "work")
+    assert "baseline" not in measured   # the fit check dropped it before its accuracy run
+    assert any(r == "baseline" and why.startswith("does not fit stm32h743: flash") for r, why in result.rejected)
+    assert result.on_target["baseline"]["fits"] is False
+    chosen = result.on_target[result.chosen.recipe]
+    assert chosen["estimated"] and 0 < chosen["flash_bytes"] <= 2 * 2**20 and chosen["latency_ms"] > 0
+    assert result.chosen.objective("latency") == chosen["latency_ms"]   # the objective is the estimate there
+    report = render_markdown(result)
+    assert "On stm32h743: estimates, not measurements" in report and "every candidate must fit stm32h743" in report
+
+
+def test_target_constraints_are_checked_up_front():
+    with pytest.raises(EdgewiseError, match="unknown target 'toaster'"):
+        Constraints(target="toaster")
+    with pytest.raises(EdgewiseError, match="--max-ram-mb is RAM on a device: give --target"):
+        Constraints(max_ram_mb=64)

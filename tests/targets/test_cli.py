@@ -30,7 +30,7 @@ def model(tmp_path_factory):
 def test_calibration_is_cached_and_makes_the_host_a_target(calibrated, capsys):
     calibration, path = calibrated
     assert path.is_file() and json.loads(path.read_text())["version"] == calibration["version"]
-    assert calibration["band"]["models"] == 8 and calibration["band"]["method"].startswith("leave-one-family-out")
+    assert calibration["band"]["models"] == 10 and calibration["band"]["method"].startswith("leave-one-family-out")
     assert calibration["bandwidth"] > 0 and calibration["measured_fp32"] > 0 and calibration["efficiency"]["by_kind"]
     assert main(["targets", "show", "host", "--json"]) == 0
     host = json.loads(capsys.readouterr().out)
@@ -42,7 +42,7 @@ def test_calibration_is_cached_and_makes_the_host_a_target(calibrated, capsys):
 def test_estimate_says_it_is_one_and_carries_the_band(calibrated, model, capsys):
     assert main(["targets", "estimate", str(model), "--target", "raspberry-pi-5", "--json"]) == 0
     pi = json.loads(capsys.readouterr().out)
-    assert pi["estimated"] and pi["latency_ms"] > 0 and pi["band"]["models"] == 8
+    assert pi["estimated"] and pi["latency_ms"] > 0 and pi["band"]["models"] == 10
     assert pi["energy_mj"] == pytest.approx(pi["power_w"] * pi["latency_ms"])
     assert main(["targets", "estimate", str(model), "--target", "stm32h743", "--json"]) == 0
     mcu = json.loads(capsys.readouterr().out)

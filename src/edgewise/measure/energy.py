@@ -31,8 +31,8 @@ def _profiles() -> dict[str, DeviceProfile]:
     found = {}
     for t in all_profiles():
         active, idle = t.power_active_w, t.power_idle_w
-        basis = (f"{t.title}: ({active.value:g} W busy [{active.kind}] - {idle.value:g} W idle [{idle.kind}]) / "
-                 f"{t.cores.value:g} cores (edgewise targets show {t.name})")
+        basis = (f"{t.title}: ({active.value:g} W busy, {active.kind}, - {idle.value:g} W idle, {idle.kind}) / "
+                 f"{t.cores.value:g} cores; edgewise targets show {t.name}")
         for name in (t.name, *t.aliases):
             found[name] = DeviceProfile(name, round(t.watts_per_core, 2), basis)
     return found

@@ -104,7 +104,10 @@ def _headline(result: OptimizeResult) -> list[str]:
     lines = [f"Task **{result.task.name}**, metric {result.task.metric.name}; objective: lowest "
              f"{result.settings.objective}; constraints: drop <= {c.tolerance}"
              + (f", size <= {c.max_size_mb} MB" if c.max_size_mb else "")
-             + (f", p50 <= {c.max_latency_ms} ms" if c.max_latency_ms else "") + ".",
+             + (f", {'estimated latency on ' + c.target if c.target else 'p50'} <= {c.max_latency_ms} ms"
+                if c.max_latency_ms else "")
+             + (f", RAM on {c.target} <= {c.max_ram_mb} MB" if c.max_ram_mb else "")
+             + (f"; every candidate must fit {c.target}" if c.target else "") + ".",
              f"Chosen: **{result.chosen.recipe}** after {len(result.trials)} trials: drop {result.chosen.drop:.3f} on "
              f"the validation split the search used, **{result.held_out_drop:.3f} on held-out data** no trial touched "
              "(the figure to trust)."]
@@ -139,8 +142,40 @@ def _sections(result: OptimizeResult) -> list[tuple[str, list[str], list[list[st
         sections.append((f"Per-layer sensitivity of the chosen quantization (each layer alone, on the model it "
                          f"quantized, first {SENSITIVITY_SAMPLES} validation samples)",
                          ["layer", "metric drop"], [[name, f"{drop:.4f}"] for name, drop in result.sensitivity]))
+    if result.constraints.target:
+        sections.append(_target_section(result))
     sections.append(("All candidates", TRIALS_HEADER, _trial_rows(result)))
     return sections
+
+
+TARGET_HEADER = ["model", "fits", "latency ms (estimate)", "energy mJ (estimate)", "RAM MB", "flash MB", "why not chosen"]
+
+
+def _target_section(result: OptimizeResult) -> tuple[str, list[str], list[list[str]]]:
+    """The finalists on the target: estimates with their band, and what ruled each out."""
+    c = result.constraints
+    band = next((e["band"] for e in result.on_target.values() if e.get("band")), None)
+    rows = []
+    for candidate in result.finalists:
+        e = result.on_target.get(candidate.name, {})
+        trial = next((t for t in result.trials if t.recipe == candidate.name), None)
+        if e.get("fits") is False:
+            rows.append([candidate.name, "no", "-", "-", "-", "-", e["why"]])
+            continue
+        if not e:
+            continue
+        why = ("chosen" if candidate.name == result.chosen.recipe else
+               ", ".join(f"{k.replace('_', '-')} exceeded by {v:.3g}" for k, v in trial.violations.items() if v > 0)
+               if trial else "not a search candidate")
+        rows.append([candidate.name, "yes", f"{e['latency_ms']:.3f}", f"{e['energy_mj']:.4f}",
+                     f"{e['ram_bytes'] / 2**20:.3f}", f"{e['flash_bytes'] / 2**20:.3f}",
+                     why or f"within constraints, not the lowest {result.settings.objective}"])
+    for recipe, why in result.rejected:
+        if recipe not in {r[0] for r in rows}:
+            rows.append([recipe, "no", "-", "-", "-", "-", why + " (dropped before its accuracy run)"])
+    title = (f"On {c.target}: estimates, not measurements (error band on this machine, leave-one-family-out: median "
+             f"{band['median_error']:.0%}, 90th percentile {band['p90_error']:.0%})" if band else f"On {c.target}")
+    return title, TARGET_HEADER, rows
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#212529}
@@ -211,4 +246,5 @@ def card(result: OptimizeResult) -> dict:
         "search": asdict(result.settings), "trials": len(result.trials),
         "compressed_size_bytes": compressed_size(chosen.onnx()), "machine": describe(),
         "accuracy_holds_for": accuracy_holds_for(result.chosen.recipe),
+        "on_target": result.on_target.get(result.chosen.recipe),
     }

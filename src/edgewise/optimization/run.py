@@ -11,6 +11,7 @@ from edgewise.compression.candidate import Candidate
 from edgewise.compression.quantize import ort_default_dynamic
 from edgewise.compression.recipe import measure_candidates
 from edgewise.compression.sensitivity import layer_sensitivity, score_onnx
+from edgewise.errors import EdgewiseError
 from edgewise.measure.bench import BenchResult, BenchSettings
 from edgewise.optimization.search import Constraints, Searcher, SearchSettings, TrialRecord
 from edgewise.task import Task
@@ -34,6 +35,8 @@ class OptimizeResult:
     finalists: list[Candidate]          # baseline, peer, chosen, other Pareto members: measured together
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     interrupted: bool = False
+    on_target: dict[str, dict] = field(default_factory=dict)   # finalist -> its estimates on the target, or why it does not fit
+    rejected: list[tuple[str, str]] = field(default_factory=list)   # candidates the target's fit check dropped, and why
 
     def finalist(self, name: str) -> Candidate | None:
         return next((c for c in self.finalists if c.name == name), None)
@@ -143,6 +146,10 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
     choosing, stating = task.holdout()
     searcher = Searcher(choosing, constraints, settings, workdir)
     trials = searcher.run()
+    if not trials and searcher.rejected:
+        recipe, why = searcher.rejected[0]
+        raise EdgewiseError(f"no candidate fits {constraints.target} ({recipe}: {why}); choose a larger device "
+                            "or allow more compression (--max-drop)")
     if not trials:
         trials = [searcher.evaluate({"depth": 1.0, "prune": 0.0, "quant": "fp32"}, -1)]
     chosen, met, message = choose(trials, settings.objective)
@@ -155,7 +162,14 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
         bench_settings.threads = settings.threads
     measure_candidates(finalists, bench_settings, judge=stating)
     result = OptimizeResult(task, constraints, settings, trials, chosen, met, message, finalists,
-                            interrupted=searcher.interrupted)
+                            interrupted=searcher.interrupted, rejected=list(searcher.rejected))
+    if constraints.target:
+        for candidate in finalists:
+            try:
+                result.on_target[candidate.name] = searcher.on_target(candidate)
+            except EdgewiseError as exc:   # the baseline or the peer need not fit: say so
+                result.on_target[candidate.name] = {"target": constraints.target, "fits": False, "why": str(exc)}
+        result.rejected = list(dict.fromkeys(searcher.rejected))
     if not searcher.interrupted:
         try:
             result.sensitivity = _sensitivity(searcher, chosen)

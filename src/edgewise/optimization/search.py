@@ -41,13 +41,18 @@ class Constraints:
     Args:
         max_drop: allowed metric drop against the original, in points (or % with `relative`).
         max_size_mb: largest model file, in MB (2**20 bytes).
-        max_latency_ms: largest batch-1 p50 latency on ONNX Runtime.
+        max_latency_ms: largest batch-1 p50 latency on ONNX Runtime (on `target`: its estimate there).
+        target: a device profile (edgewise targets list); candidates that do not fit it are dropped
+            before any accuracy run, and latency and energy are its estimates.
+        max_ram_mb: largest RAM the model may take on `target`.
     """
 
     max_drop: float = 1.0
     relative: bool = False
     max_size_mb: float | None = None
     max_latency_ms: float | None = None
+    target: str | None = None          # a device profile: latency and RAM are its estimates, and the model must fit it
+    max_ram_mb: float | None = None    # RAM on the target (weights if it loads them, activations, runtime)
 
     def __post_init__(self) -> None:
         if not self.max_drop >= 0:
@@ -55,7 +60,13 @@ class Constraints:
         if self.relative and self.max_drop >= 100:
             raise EdgewiseError(f"--max-drop {self.max_drop}% with --relative allows losing the whole metric; "
                                 "give a percentage below 100")
-        for name in ("max_size_mb", "max_latency_ms"):
+        if self.max_ram_mb is not None and self.target is None:
+            raise EdgewiseError("--max-ram-mb is RAM on a device: give --target NAME too (edgewise targets list)")
+        if self.target is not None:
+            from edgewise.targets.profiles import load
+
+            load(self.target)   # an unknown name fails before the search starts
+        for name in ("max_size_mb", "max_latency_ms", "max_ram_mb"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise EdgewiseError(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -64,13 +75,16 @@ class Constraints:
     def tolerance(self) -> Tolerance:
         return Tolerance(self.max_drop, self.relative)
 
-    def violations(self, drop: float, figures: BenchResult) -> dict[str, float]:
-        """How far each constraint is exceeded (<= 0 means met)."""
+    def violations(self, drop: float, figures: BenchResult, on_target: dict | None = None) -> dict[str, float]:
+        """How far each constraint is exceeded (<= 0 means met); `on_target`: the estimates on the target."""
         found = {"max_drop": drop - self.max_drop}
         if self.max_size_mb is not None:
             found["max_size_mb"] = figures.size_bytes / 2**20 - self.max_size_mb
         if self.max_latency_ms is not None:
-            found["max_latency_ms"] = figures.latency_ms.p50 - self.max_latency_ms
+            latency = on_target["latency_ms"] if on_target else figures.latency_ms.p50
+            found["max_latency_ms"] = latency - self.max_latency_ms
+        if self.max_ram_mb is not None and on_target:
+            found["max_ram_mb"] = on_target["ram_bytes"] / 2**20 - self.max_ram_mb
         return found
 
 
@@ -115,6 +129,12 @@ class TrialRecord:
         return self.figures.metric.value
 
     def objective(self, name: str) -> float:
+        """On a target, latency and energy are its estimates there; size is the file's either way."""
+        on_target = self.details.get("target")
+        if on_target and name == "latency":
+            return on_target["latency_ms"]
+        if on_target and name == "energy":
+            return on_target["energy_mj"] / 1e3
         return OBJECTIVES[name](self.figures)
 
     def to_json(self) -> dict:
@@ -132,6 +152,7 @@ class Searcher:
 
     def __init__(self, task: Task, constraints: Constraints, settings: SearchSettings, workdir: Path) -> None:
         self.task, self.constraints, self.settings, self.workdir = task, constraints, settings, workdir
+        self.rejected: list[tuple[str, str]] = []   # (recipe, why) of candidates the target's fit check dropped
         self.baseline = Candidate.from_task(task, workdir)
         self.baseline.baseline_metric = self.baseline.validation_metric = score_onnx(task, self.baseline.onnx())
         self.space: Space = space_for(task, self.baseline.onnx())
@@ -277,8 +298,31 @@ class Searcher:
             candidate = step.apply(candidate)
         return candidate
 
+    def on_target(self, candidate: Candidate) -> dict | None:
+        """The cheap checks on the target, before any accuracy run: does it fit (else EdgewiseError,
+        and the trial is dropped), and its estimated latency, energy and RAM there."""
+        if self.constraints.target is None:
+            return None
+        from edgewise.targets.fit import fit
+        from edgewise.targets.predict import predict
+        from edgewise.targets.profiles import load
+
+        target = load(self.constraints.target)
+        fitted = fit(candidate.onnx(), target)
+        if not fitted.fits:
+            reason = f"does not fit {target.name}: {fitted.problems[0]}"
+            self.rejected.append((candidate.name, reason))
+            raise EdgewiseError(reason)
+        estimate = predict(candidate.onnx(), target, threads=self.settings.threads)
+        ram = sum(p.bytes for r in fitted.regions if r.memory == "ram" for p in r.pieces)
+        return {"target": target.name, "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"],
+                "band": estimate["band"], "ram_bytes": ram,
+                "flash_bytes": sum(p.bytes for r in fitted.regions if r.memory == "flash" for p in r.pieces),
+                "estimated": True}
+
     def evaluate(self, params: dict, number: int) -> TrialRecord:
         candidate = self.build(params)
+        on_target = self.on_target(candidate)
         settings = BenchSettings(batch_sizes=(1,), seconds=self.settings.trial_seconds, measure_memory=False,
                                  warmup=5)
         if self.settings.threads:
@@ -286,5 +330,7 @@ class Searcher:
         [figures] = bench([BenchTarget(candidate.name, candidate.onnx(), self.task)], settings)
         drop = self.constraints.tolerance.drop(self.baseline.baseline_metric, figures.metric.value, self.task.metric)
         details = {k: v for k, v in candidate.details.items() if k != "sensitivity"}
-        return TrialRecord(number, params, candidate.name, figures, drop, self.constraints.violations(drop, figures),
-                           str(candidate.onnx()), details)
+        if on_target:
+            details["target"] = on_target
+        return TrialRecord(number, params, candidate.name, figures, drop,
+                           self.constraints.violations(drop, figures, on_target), str(candidate.onnx()), details)

@@ -249,7 +249,7 @@ def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress
             raise EdgewiseError("calibration needs at least two families of models (its band is leave-one-family-out)")
         if quick:
             models = zoo.build(folder, chosen, widths={f: (w[0], w[-1]) for f, w in zoo.WIDTHS.items()},
-                               depths={f: d[-1:] for f, d in zoo.DEPTHS.items()}, variants=("fp32", "int8"))
+                               depths={f: d[-1:] for f, d in zoo.DEPTHS.items()}, variants=("fp32", "int8", "int8-dynamic"))
         else:
             models = zoo.build(folder, chosen)
         measured: dict[str, list] = {}

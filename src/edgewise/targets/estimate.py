@@ -32,6 +32,7 @@ MATMUL_OPS = {"MatMul", "FusedMatMul", "Gemm", "QGemm", "QLinearMatMul", "MatMul
               "MatMulIntegerToFloat", "MatMulNBits", "FusedGemm"}
 INT8_OPS = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
             "MatMulIntegerToFloat", "MatMulNBits"}
+SEPARATE_INT8 = {"ConvInteger"}   # far slower than QLinearConv here; the dynamic matmuls run as fast as QGemm
 HEAVY_ELEMENTWISE = {"Softmax": 5, "LayerNormalization": 8, "SkipLayerNormalization": 8, "Gelu": 8, "FastGelu": 8,
                      "BiasGelu": 8, "Erf": 8, "Tanh": 4, "Sigmoid": 4, "Exp": 4}
 _SIZES = {"float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
@@ -52,8 +53,14 @@ class NodeWork:
 
     @property
     def kind(self) -> str:
-        cls = ("dwconv" if self.depthwise else "conv") if self.op in CONV_OPS else "matmul" if self.op in MATMUL_OPS \
-            else self.op
+        """What the fitted efficiencies are kept by: convolutions (depthwise apart) and matmuls by dtype,
+        ConvInteger (dynamic quantization) by its own name (its kernels run far from QLinearConv's),
+        every other op by its name."""
+        if self.op in SEPARATE_INT8:
+            cls = self.op
+        else:
+            cls = ("dwconv" if self.depthwise else "conv") if self.op in CONV_OPS else "matmul" if self.op in MATMUL_OPS \
+                else self.op
         return f"{cls}/{self.dtype}"
 
 
@@ -251,7 +258,8 @@ class Efficiency:
         """The figure of `kind`, else of its nearest relative that has one (a depthwise convolution's
         of a convolution's, an int8 kind's of its fp32 form's), else the default."""
         cls, _, dtype = kind.partition("/")
-        for candidate in (kind, f"conv/{dtype}" if cls == "dwconv" else None, f"{cls}/fp32" if dtype != "fp32" else None):
+        family = "conv" if cls in ("dwconv", "ConvInteger") else "matmul" if cls in SEPARATE_INT8 else None
+        for candidate in (kind, f"{family}/{dtype}" if family else None, f"{cls}/fp32" if dtype != "fp32" else None):
             if candidate and what in self.by_kind.get(candidate, {}):
                 return self.by_kind[candidate][what]
         return self.default[what]

@@ -4,7 +4,8 @@ Families differ in what dominates them: an MLP (matrix-vector, bound by reading 
 (3x3 convolutions, arithmetic), a MobileNet-like stack (depthwise + pointwise, small kernels and
 overheads) and a transformer encoder (matmuls, softmax, layer norms). Random weights: latency does
 not depend on their values. int8 is ORT's QDQ static quantization for the convolution families and
-dynamic for the others (as edgewise's recipes do); pruned removes half the channels for real.
+dynamic for the others (as edgewise's recipes do), and the convolution families dynamic too (ConvInteger
+runs far from QLinearConv); pruned removes half the channels for real.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _module(family: str, width: int, depth: int) -> tuple[nn.Module, np.ndarray]
 
 
 def build(folder: str | Path, families=FAMILIES, widths: dict | None = None, depths: dict | None = None,
-          variants=("fp32", "int8", "pruned"), progress=None) -> list[ZooModel]:
+          variants=("fp32", "int8", "int8-dynamic", "pruned"), progress=None) -> list[ZooModel]:
     """Export every model of the zoo into `folder` (skipping any already there)."""
     from edgewise.compression.prune import structured
     from edgewise.compression.quantize import int8_dynamic, int8_static
@@ -85,6 +86,11 @@ def build(folder: str | Path, families=FAMILIES, widths: dict | None = None, dep
                         else:
                             int8_dynamic(fp32, int8)
                     made.append(ZooModel(family, f"{base}-int8", int8))
+                if "int8-dynamic" in variants and family in ("cnn", "mobile"):   # ConvInteger, not QLinearConv
+                    dynamic = folder / f"{base}-int8-dynamic.onnx"
+                    if not dynamic.exists():
+                        int8_dynamic(fp32, dynamic)
+                    made.append(ZooModel(family, f"{base}-int8-dynamic", dynamic))
                 if "pruned" in variants and width == (widths or WIDTHS)[family][-1] and family != "transformer":
                     pruned = folder / f"{base}-pruned.onnx"
                     if not pruned.exists():

@@ -59,6 +59,7 @@ def bench(
     usd_per_core_hour: Annotated[float, typer.Option(min=0, help="Price of one busy core for an hour.")] = 0.05,
     usd_per_kwh: Annotated[Optional[float], typer.Option(min=0, help="Price of energy; when given, cost follows energy.")] = None,
     grid_g_per_kwh: Annotated[float, typer.Option(min=0, help="Grid carbon intensity, g CO2e/kWh (world average 480).")] = 480.0,
+    target: Annotated[Optional[str], typer.Option(help="Add estimated columns for a device (edgewise targets list): fits, latency, energy, RAM.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Measure models on ONNX Runtime: latency p50/p90/p99, throughput, peak memory, size,
@@ -66,6 +67,10 @@ def bench(
 
     Two or more models run interleaved in one process and are compared as ratios to the first.
     """
+    if target is not None:
+        from edgewise.targets.profiles import load as load_target
+
+        load_target(target)   # an unknown name fails before anything is measured
     from edgewise.load import load_task, resolve_targets
     from edgewise.measure import energy
     from edgewise.measure.bench import BenchSettings
@@ -79,10 +84,42 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="edgewise-") as workdir:
         targets = resolve_targets(models or [], load_task(example, task), Path(workdir))
         results = run_bench(targets, settings)
+        estimates = _on_target(targets, target) if target else None
     if as_json:
-        print(json.dumps(bench_json(targets, results, settings), indent=2))
+        print(json.dumps({**bench_json(targets, results, settings), **({"on_target": estimates} if estimates else {})},
+                         indent=2))
     else:
         bench_table(targets, results, settings)
+        if estimates:
+            _print_on_target(estimates, target)
+
+
+def _on_target(targets, name: str) -> list[dict]:
+    """Each benched model's fit and estimates on the device `name`."""
+    from edgewise.targets.fit import fit
+    from edgewise.targets.predict import predict
+    from edgewise.targets.profiles import load
+
+    device = load(name)
+    rows = []
+    for t in targets:
+        fitted = fit(t.path, device)
+        estimate = predict(t.path, device, progress=lambda m: print(m, file=sys.stderr))
+        rows.append({"model": t.name, "fits": fitted.fits, "problems": fitted.problems,
+                     "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"],
+                     "ram_bytes": sum(p.bytes for r in fitted.regions if r.memory == "ram" for p in r.pieces),
+                     "band": estimate["band"], "estimated": True})
+    return rows
+
+
+def _print_on_target(rows: list[dict], name: str) -> None:
+    band = rows[0]["band"]
+    print(f"on {name} (estimates, not measurements; error band on this machine, leave-one-family-out: median "
+          f"{band['median_error']:.0%}, 90th percentile {band['p90_error']:.0%}):")
+    for r in rows:
+        print(f"  {r['model']}: {'fits' if r['fits'] else 'does not fit'}, {r['latency_ms']:.3g} ms, "
+              f"{r['energy_mj']:.3g} mJ, RAM {r['ram_bytes'] / 2**20:.1f} MiB"
+              + (f" ({r['problems'][0]})" if r["problems"] else ""))
 
 
 @app.command()

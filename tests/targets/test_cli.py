@@ -67,3 +67,11 @@ def test_show_names_every_source(capsys):
     assert main(["targets", "show", "stm32h743"]) == 0
     out = capsys.readouterr().out
     assert "AXI SRAM" in out and "[vendor]" in out and "[derived]" in out
+
+
+def test_bench_adds_the_estimates_on_a_target(calibrated, model, capsys):
+    assert main(["bench", str(model), "--target", "stm32h743", "--seconds", "0.2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [row] = report["on_target"]
+    assert row["fits"] and row["estimated"] and row["latency_ms"] > 0 and row["band"]["models"] == 10
+    assert main(["bench", str(model), "--target", "toaster"]) == 2

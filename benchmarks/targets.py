@@ -45,6 +45,21 @@ def summary(measured, predicted) -> dict:
             "p90_error": float(np.percentile(errors, 90))}
 
 
+def host_examples(machine, calibration) -> list[tuple[str, float, float]]:
+    """(example, estimated ms, measured ms) on this machine for the built-in examples, with the
+    calibration's own efficiencies (the examples are not in the zoo)."""
+    from edgewise.load import resolve_targets
+    from edgewise.targets.calibrate import efficiency
+
+    found = []
+    with tempfile.TemporaryDirectory(prefix="edgewise-examples-") as tmp:
+        for name in ("digits", "breast-cancer"):
+            [target] = resolve_targets([name], None, Path(tmp))
+            nodes, seconds = profile(target.path, runs=20)
+            found.append((name, estimate_s(nodes, machine, efficiency(calibration)) * 1e3, seconds * 1e3))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 widths x 1 depth x fp32/int8 (16 models)")
@@ -106,6 +121,10 @@ def main() -> None:
          f"{ours['spearman']:.3f} vs {flops['spearman']:.3f} / {count['spearman']:.3f}"),
         ("at least 30 models", len(rows) >= 30, str(len(rows))),
     ]
+    examples = host_examples(machine, calibration)
+    for name, estimated, measured in examples:
+        console.print(f"host, built-in example {name}: estimated {estimated:.3f} ms, measured {measured:.3f} ms "
+                      f"({estimated / measured - 1:+.0%})")
     for name, ok, value in checks:
         console.print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
     print(json.dumps({f"{p}/{f}": v for (p, f), v in results.items()}))

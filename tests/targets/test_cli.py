@@ -75,3 +75,17 @@ def test_bench_adds_the_estimates_on_a_target(calibrated, model, capsys):
     [row] = report["on_target"]
     assert row["fits"] and row["estimated"] and row["latency_ms"] > 0 and row["band"]["models"] == 10
     assert main(["bench", str(model), "--target", "toaster"]) == 2
+
+
+def test_an_rwkv_file_gets_a_decode_estimate(calibrated, tmp_path, capsys):
+    from edgewise.rwkv.synthetic import random_checkpoint
+
+    path = random_checkpoint(tmp_path / "tiny.pth", layers=2, width=128, vocab=300)
+    speeds = {}
+    for target in ("raspberry-pi-5", "stm32h743"):
+        assert main(["targets", "estimate", str(path), "--target", target, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["estimated"] and result["kind"] == "rwkv" and result["weight_bytes_per_token"] > 0
+        assert result["energy_mj_per_token"] == pytest.approx(result["power_w"] * result["ms_per_token"])
+        speeds[target] = result["tokens_per_s"]
+    assert speeds["raspberry-pi-5"] > 10 * speeds["stm32h743"]   # 17 GB/s and 154 GFLOP/s against 1.9 and 1

@@ -150,6 +150,9 @@ def estimate(
     from edgewise.targets.profiles import load
 
     load(target)   # an unknown target fails before anything runs
+    if Path(model).suffix in (".pth", ".safetensors"):
+        _estimate_rwkv(Path(model), target, as_json)
+        return
     with _model_path(model) as path:
         path = path / "model.onnx" if path.is_dir() else path
         if not path.is_file():
@@ -170,6 +173,24 @@ def estimate(
     print("  the nodes that take longest there:")
     for node in result["top_nodes"]:
         print(f"    {node['op']:22s} {node['ms']:.3g} ms  ({node['bound']}-bound)")
+
+
+def _estimate_rwkv(path: Path, target: str, as_json: bool) -> None:
+    from edgewise.errors import EdgewiseError
+    from edgewise.targets.predict import predict_rwkv
+
+    if not path.is_file():
+        raise EdgewiseError(f"{path}: no such file; give an RWKV-7 .pth or .safetensors file")
+    result = predict_rwkv(path, target, progress=_calibrating)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{path} ({result['quant']}) on {result['target']} (estimate): {result['tokens_per_s']:.3g} tokens/s decoding, "
+          f"{result['ms_per_token']:.3g} ms and {result['energy_mj_per_token']:.3g} mJ a token "
+          f"(energy estimated: {result['power_w']:g} W active x the time)")
+    print(f"  {_human(result['weight_bytes_per_token'])} of weights streamed a token; decode reached "
+          f"{result['bandwidth_share']:.0%} of this machine's bandwidth ({result['host_tokens_per_s']:.3g} tokens/s here), "
+          "carried over to the target; memory stays the same however long the context")
 
 
 def _calibrating(message: str) -> None:

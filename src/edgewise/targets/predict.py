@@ -40,3 +40,50 @@ def predict(path: str | Path, target: str | Target, threads: int | None = None, 
             "host_latency_ms": host_seconds * 1e3 if host_seconds is not None and chosen.name == "host" else None,
             "top_nodes": [{"op": n.op, "name": n.name, "ms": node_s(n, machine, fitted, scale) * 1e3,
                            "bound": _bound(n, machine)} for n in ranked]}
+
+
+def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, progress=None) -> dict:
+    """Decode tokens/s of an RWKV-7 file on `target`, an estimate: a token streams the model's weights
+    once (RWKV.weight_bytes), so it takes weight bytes / (bandwidth x the share of it decode reaches).
+    That share is measured here, decoding this model on this machine against its measured bandwidth
+    (the cache's when the weights fit in it), and carried over; a token is also at least its
+    multiply-adds / the target's peak. No leave-one-family-out band: the transfer is one ratio."""
+    import time
+
+    from edgewise.rwkv import RWKV
+    from edgewise.targets.estimate import MEMORY_EFFICIENCY
+
+    chosen = load(target) if isinstance(target, str) else target
+    calibration = calibration_or_calibrate(progress)
+    model = RWKV.load(path)
+    streamed = model.weight_bytes
+    logits, state = model.forward([0], use_cache=False)
+    for _ in range(3):
+        logits, state = model.forward([1], state, use_cache=False)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 5:
+        logits, state = model.forward([1], state, use_cache=False)
+        count += 1
+    host_s = (time.perf_counter() - start) / count
+    cached = streamed <= calibration["cache_bytes"]
+    host_bandwidth = calibration["cache_bandwidth"] if cached else calibration["bandwidth"]
+    share = streamed / host_s / host_bandwidth            # of the bandwidth decode reached here
+    macs = streamed / {None: 4, "int8": 1, "int4": 0.5}.get(model.quant, 4)   # one multiply-add per weight
+    if chosen.name == "host":
+        bandwidth = host_bandwidth
+        peak = calibration["theoretical_int8" if model.quant else "theoretical_fp32"]
+    else:
+        fits = streamed <= chosen.cache_bytes.value
+        bandwidth = chosen.bandwidth_gbs.value * 1e9 * MEMORY_EFFICIENCY
+        if fits:
+            bandwidth *= calibration["cache_bandwidth"] / calibration["bandwidth"]
+        peak = chosen.peak_gops(("int8" if model.quant else "fp32")) * 1e9
+    # the compute bound, with the matmul kernels' compute efficiency fitted on the zoo (the host's own
+    # decode is bound by memory and says nothing of it)
+    compute = efficiency(calibration).of(f"matmul/{'int8' if model.quant else 'fp32'}", "compute")
+    seconds_per_token = max(streamed / (bandwidth * share), 2 * macs / (peak * compute))
+    return {"model": str(path), "target": chosen.name, "estimated": True, "kind": "rwkv", "quant": model.quant or "fp32",
+            "weight_bytes_per_token": streamed, "tokens_per_s": 1 / seconds_per_token,
+            "ms_per_token": seconds_per_token * 1e3, "energy_mj_per_token": chosen.power_active_w.value * seconds_per_token * 1e3,
+            "power_w": chosen.power_active_w.value, "host_tokens_per_s": 1 / host_s, "bandwidth_share": share,
+            "method": "weights streamed per token / (the target's bandwidth x the share decode reached on this machine)"}

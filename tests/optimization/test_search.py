@@ -233,6 +233,7 @@ def test_optimizing_for_a_microcontroller_drops_what_does_not_fit_before_measuri
     assert result.chosen.objective("latency") == chosen["latency_ms"]   # the objective is the estimate there
     report = render_markdown(result)
     assert "On stm32h743: estimates, not measurements" in report and "every candidate must fit stm32h743" in report
+    assert result.without_target and "On this machine's own measurements instead of the estimates on stm32h743" in report
 
 
 def test_target_constraints_are_checked_up_front():

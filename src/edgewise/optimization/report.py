@@ -111,6 +111,11 @@ def _headline(result: OptimizeResult) -> list[str]:
              f"Chosen: **{result.chosen.recipe}** after {len(result.trials)} trials: drop {result.chosen.drop:.3f} on "
              f"the validation split the search used, **{result.held_out_drop:.3f} on held-out data** no trial touched "
              "(the figure to trust)."]
+    if result.without_target:
+        same = result.without_target == result.chosen.recipe
+        lines.append(f"On this machine's own measurements instead of the estimates on {c.target}, the same trials "
+                     f"would have chosen {'the same model' if same else '**' + result.without_target + '**'}"
+                     + ("." if same else f": the device's budget is what changed the choice (see 'On {c.target}')."))
     if result.disagreement:
         lines.append(f"**Warning:** {result.disagreement}.")
     if result.message:

@@ -3,6 +3,7 @@ finalists on the held-out split that no trial touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class OptimizeResult:
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     interrupted: bool = False
     on_target: dict[str, dict] = field(default_factory=dict)   # finalist -> its estimates on the target, or why it does not fit
+    without_target: str = ""   # with a target: what the same trials would have chosen on this machine's measurements
     rejected: list[tuple[str, str]] = field(default_factory=list)   # candidates the target's fit check dropped, and why
 
     def finalist(self, name: str) -> Candidate | None:
@@ -86,6 +88,16 @@ def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool
     always = [k for k in closest.violations if all(t.violations[k] > 0 for t in trials)]
     reason = f"{' and '.join('--' + k.replace('_', '-') for k in always)} failed for every candidate; " if always else ""
     return closest, False, f"no candidate met every constraint: {reason}returning the closest, {closest.recipe} ({failed})"
+
+
+def _without_target(trials: list[TrialRecord], constraints: Constraints, objective: str) -> str:
+    """What `choose` picks from the same trials judged on this machine's measurements instead of the
+    target's estimates (the trials the fit check dropped stay dropped), said in a line."""
+    host = dataclasses.replace(constraints, target=None, max_ram_mb=None)
+    judged = [dataclasses.replace(t, details={k: v for k, v in t.details.items() if k != "target"},
+                                  violations=host.violations(t.drop, t.figures)) for t in trials]
+    picked, met, _ = choose(judged, objective)
+    return f"{picked.recipe}{'' if met else ' (the closest: none met every constraint)'}"
 
 
 def _scale(constraint: str) -> float:
@@ -170,6 +182,7 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
             except EdgewiseError as exc:   # the baseline or the peer need not fit: say so
                 result.on_target[candidate.name] = {"target": constraints.target, "fits": False, "why": str(exc)}
         result.rejected = list(dict.fromkeys(searcher.rejected))
+        result.without_target = _without_target(trials, constraints, settings.objective)
     if not searcher.interrupted:
         try:
             result.sensitivity = _sensitivity(searcher, chosen)

@@ -19,19 +19,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 from rich.console import Console
 from rich.table import Table
 
 from edgewise.measure.machine import describe
+from edgewise.runtime.onnx import count_params
 from edgewise.targets import zoo
 from edgewise.targets.calibrate import calibrate, host_machine, load_calibration
 from edgewise.targets.estimate import estimate_s, fit_efficiency, profile, spearman
-
-
-def params(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return sum(int(np.prod(t.dims)) if t.dims else 1 for t in model.graph.initializer)
 
 
 def linear(x_train, y_train, x):
@@ -80,7 +75,7 @@ def main() -> None:
         for m in models:
             nodes, seconds = profile(m.path, runs=10)
             rows.append({"family": m.family, "model": m.name, "nodes": nodes, "measured": seconds,
-                         "flops": sum(n.ops for n in nodes), "params": params(m.path)})
+                         "flops": sum(n.ops for n in nodes), "params": count_params(m.path)})
     for family in zoo.FAMILIES:
         train = [r for r in rows if r["family"] != family]
         test = [r for r in rows if r["family"] == family]

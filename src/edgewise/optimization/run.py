@@ -14,7 +14,7 @@ from edgewise.compression.recipe import measure_candidates
 from edgewise.compression.sensitivity import layer_sensitivity, score_onnx
 from edgewise.errors import EdgewiseError
 from edgewise.measure.bench import BenchResult, BenchSettings
-from edgewise.optimization.search import Constraints, Searcher, SearchSettings, TrialRecord
+from edgewise.optimization.search import Constraints, DoesNotFit, Searcher, SearchSettings, TrialRecord
 from edgewise.task import Task
 
 PEER = "ort-quantize_dynamic-default"
@@ -176,12 +176,15 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
     result = OptimizeResult(task, constraints, settings, trials, chosen, met, message, finalists,
                             interrupted=searcher.interrupted, rejected=list(searcher.rejected))
     if constraints.target:
+        estimated = {t.recipe: t.details["target"] for t in trials if "target" in t.details}
         for candidate in finalists:
+            if candidate.name in estimated:   # a trial: estimated once, when it was tried
+                result.on_target[candidate.name] = estimated[candidate.name]
+                continue
             try:
                 result.on_target[candidate.name] = searcher.on_target(candidate)
-            except EdgewiseError as exc:   # the baseline or the peer need not fit: say so
+            except DoesNotFit as exc:   # the baseline or the peer need not fit: say so
                 result.on_target[candidate.name] = {"target": constraints.target, "fits": False, "why": str(exc)}
-        result.rejected = list(dict.fromkeys(searcher.rejected))
         result.without_target = _without_target(trials, constraints, settings.objective)
     if not searcher.interrupted:
         try:

@@ -34,6 +34,10 @@ OBJECTIVES: dict[str, Callable[[BenchResult], float]] = {
 }
 
 
+class DoesNotFit(EdgewiseError):
+    """A candidate the target's fit check refused: it is dropped before its accuracy is measured."""
+
+
 @dataclass(frozen=True)
 class Constraints:
     """What the chosen model must satisfy.
@@ -310,9 +314,7 @@ class Searcher:
         target = load(self.constraints.target)
         fitted = fit(candidate.onnx(), target)
         if not fitted.fits:
-            reason = f"does not fit {target.name}: {fitted.problems[0]}"
-            self.rejected.append((candidate.name, reason))
-            raise EdgewiseError(reason)
+            raise DoesNotFit(f"does not fit {target.name}: {fitted.problems[0]}")
         estimate = predict(candidate.onnx(), target, threads=self.settings.threads)
         ram = sum(p.bytes for r in fitted.regions if r.memory == "ram" for p in r.pieces)
         return {"target": target.name, "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"],
@@ -322,7 +324,11 @@ class Searcher:
 
     def evaluate(self, params: dict, number: int) -> TrialRecord:
         candidate = self.build(params)
-        on_target = self.on_target(candidate)
+        try:
+            on_target = self.on_target(candidate)
+        except DoesNotFit as exc:
+            self.rejected.append((candidate.name, str(exc)))
+            raise
         settings = BenchSettings(batch_sizes=(1,), seconds=self.settings.trial_seconds, measure_memory=False,
                                  warmup=5)
         if self.settings.threads:

@@ -110,24 +110,36 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def session(path: str | Path, threads: int | None = None, check: bool = True) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with all graph optimisations and `threads` intra-op threads.
-    `check=False` leaves the file to ONNX Runtime alone (a server: the checker holds a second copy of
-    every weight while it runs)."""
-    if check:
+def session(path: str | Path | bytes, threads: int | None = None, check: bool = True,
+            level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            profile_prefix: str | None = None, optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with graph optimisations at `level` (default all) and `threads`
+    intra-op threads. `check=False` leaves the file to ONNX Runtime alone (a server: the checker holds
+    a second copy of every weight while it runs). `path` may be a serialized model. `profile_prefix`
+    turns ONNX Runtime's per-node profiler on; `optimized_path` saves the graph as optimised."""
+    name = "the model" if isinstance(path, bytes) else str(path)
+    if isinstance(path, bytes):
+        pass
+    elif check:
         load_model(path)
     elif not Path(path).is_file():
         raise EdgewiseError(f"{path}: no such file; check the path")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = level
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise EdgewiseError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        raise EdgewiseError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
 
 def feed(sess: ort.InferenceSession, inputs: Inputs) -> dict[str, np.ndarray]:

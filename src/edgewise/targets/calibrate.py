@@ -15,17 +15,17 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from edgewise.errors import EdgewiseError
 from edgewise.files import write_json
+from edgewise.measure.latency import interleaved
+from edgewise.runtime import onnx as onnx_runtime
 from edgewise.targets.estimate import MEMORY_EFFICIENCY, Efficiency, Machine, estimate_s, fit_efficiency, profile
 from edgewise.targets.profiles import Target, parse
 
@@ -84,30 +84,18 @@ def _figure(value: float, kind: str, source: str) -> dict:
 
 # -- micro-benchmarks ---------------------------------------------------------------------
 def _timed(fn, seconds: float = 0.5) -> float:
-    fn()
-    times, deadline = [], time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of a call of `fn`."""
+    [timing] = interleaved([fn], warmup=1, seconds=seconds, min_calls=5)
+    return float(np.median(timing.latencies_s))
 
 
-def _graph_session(nodes, inputs, outputs, initializers=(), threads: int | None = None):
-    import onnx
-    import onnxruntime as ort
+def _model(nodes, inputs, outputs, initializers=()) -> bytes:
     from onnx import helper
 
     graph = helper.make_graph(nodes, "bench", inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.log_severity_level = 3
-    data = model.SerializeToString()
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    session._model_bytes = data   # so that the same graph can be opened again (with the profiler)
-    return session, onnx
+    return model.SerializeToString()
 
 
 def bandwidth_bytes_s(mb: float = 256) -> float:
@@ -138,32 +126,33 @@ def gemm_ops_s(dtype: str, m: int = 256, k: int = 1024, n: int = 1024) -> float:
         w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
         x = rng.standard_normal((m, k)).astype(np.float32)
-        session, _ = _graph_session([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
+        model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
     else:
         w = numpy_helper.from_array(rng.integers(-127, 127, (k, n)).astype(np.int8), "w")
         node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
         x = rng.integers(0, 255, (m, k)).astype(np.uint8)
-        session, _ = _graph_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
-                                    [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [w])
+        model = _model([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
+                       [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [w])
+    session = onnx_runtime.session(model)
     return 2.0 * m * k * n / _timed(lambda: session.run(None, {"x": x}))
 
 
-def chain_session(count: int, threads: int | None = None):
-    """A session of `count` chained one-element Adds, and its input: a graph of nothing but overhead."""
+def chain_model(count: int) -> tuple[bytes, np.ndarray]:
+    """A graph of `count` chained one-element Adds, and its input: nothing but overhead."""
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("Add", ["x" if i == 0 else f"t{i - 1}", "x"], [f"t{i}" if i < count - 1 else "y"])
              for i in range(count)]
-    session, _ = _graph_session(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], threads=threads)
-    return session, np.ones(1, np.float32)
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]), np.ones(1, np.float32)
 
 
 def overheads_s(count: int = 200, threads: int | None = None) -> tuple[float, float]:
     """(seconds per extra node, seconds of a one-node run) of tiny Add chains."""
     def chain(n):
-        session, x = chain_session(n, threads)
+        model, x = chain_model(n)
+        session = onnx_runtime.session(model, threads)
         return _timed(lambda: session.run(None, {"x": x}))
     one, many = chain(1), chain(count)
     return max((many - one) / (count - 1), 1e-7), one

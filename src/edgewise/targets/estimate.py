@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgewise.errors import EdgewiseError
+from edgewise.measure.latency import interleaved
+from edgewise.runtime import onnx as onnx_runtime
 
 # Nodes whose arithmetic is multiply-adds over a reduction (2 ops each); the rest is one op per output
 # element (ELEMENTWISE_OPS more for transcendental ones).
@@ -117,10 +116,9 @@ def _graph_weights(optimized: Path) -> dict[str, list[tuple[str, list[int]]]]:
     return {n.name: [inits[i] for i in n.input if i in inits] for n in model.graph.node}
 
 
-def read_profile(path: str | Path, weights: dict | None = None) -> tuple[list[NodeWork], int]:
-    """Per-node work and the median time of each node over the profiled runs; and the run count."""
+def read_profile(path: str | Path, weights: dict | None = None) -> list[NodeWork]:
+    """Per-node work and the median time of each node over the profiled runs."""
     events = json.loads(Path(path).read_text())
-    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     times: dict[str, list[float]] = {}
     first: dict[str, dict] = {}
     for e in events:
@@ -135,27 +133,7 @@ def read_profile(path: str | Path, weights: dict | None = None) -> tuple[list[No
         nodes.append(node_work(name, args.get("op_name", "?"), args.get("input_type_shape"),
                                args.get("output_type_shape"), statistics.median(times[key]),
                                (weights or {}).get(name, ())))
-    return nodes, runs
-
-
-def _session(path: Path | bytes, threads: int, profile_prefix: str | None = None, optimized: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    try:
-        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise EdgewiseError(f"{'the model' if isinstance(path, bytes) else path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+    return nodes
 
 
 def _profiled(path: Path | bytes, threads: int, runs: int, feeds=None) -> list[NodeWork]:
@@ -163,12 +141,13 @@ def _profiled(path: Path | bytes, threads: int, runs: int, feeds=None) -> list[N
 
     with tempfile.TemporaryDirectory(prefix="edgewise-profile-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        session = _session(path, threads, str(Path(tmp) / "ort"), optimized)
+        session = onnx_runtime.session(path, threads, check=False, profile_prefix=str(Path(tmp) / "ort"),
+                                       optimized_path=optimized)
         feeds = feeds if feeds is not None else dummy_feeds(session)
         for _ in range(runs + 2):   # the first runs warm up: their times fall in the medians' tails
             session.run(None, feeds)
         weights = _graph_weights(optimized)
-        nodes, _ = read_profile(session.end_profiling(), weights)
+        nodes = read_profile(session.end_profiling(), weights)
     total = float(sum(_elements(d) * _SIZES.get(t, 4) for ws in weights.values() for t, d in ws))
     return [replace(n, model_weights=total) for n in nodes]
 
@@ -177,10 +156,10 @@ def _profiled(path: Path | bytes, threads: int, runs: int, feeds=None) -> list[N
 def profiler_cost_us(threads: int) -> float:
     """What ONNX Runtime's profiler adds to each node's reported time (about 8 us here): a chain of
     tiny Adds profiled, against the same chain's time per node without the profiler."""
-    from edgewise.targets.calibrate import chain_session
+    from edgewise.targets.calibrate import chain_model
 
-    session, x = chain_session(200, threads)
-    profiled = _profiled(session._model_bytes, threads, 10, {"x": x})
+    model, x = chain_model(200)
+    profiled = _profiled(model, threads, 10, {"x": x})
     per_node = _per_node_s(threads) * 1e6
     return max(statistics.median(n.us for n in profiled) - per_node, 0.0)
 
@@ -218,16 +197,10 @@ def latency_ms(path: str | Path, threads: int | None = None, seconds: float = 1.
     """Median end-to-end latency of one inference on ONNX Runtime here (no profiler on)."""
     from edgewise.targets.graph import dummy_feeds
 
-    session = _session(Path(path), threads or os.cpu_count() or 1)
+    session = onnx_runtime.session(Path(path), threads, check=False)
     feeds = dummy_feeds(session)
-    for _ in range(5):
-        session.run(None, feeds)
-    times, deadline = [], time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 20:
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    [timing] = interleaved([lambda: session.run(None, feeds)], seconds=seconds)
+    return timing.percentiles_ms().p50
 
 
 @dataclass
@@ -258,8 +231,8 @@ class Efficiency:
         """The figure of `kind`, else of its nearest relative that has one (a depthwise convolution's
         of a convolution's, an int8 kind's of its fp32 form's), else the default."""
         cls, _, dtype = kind.partition("/")
-        family = "conv" if cls in ("dwconv", "ConvInteger") else "matmul" if cls in SEPARATE_INT8 else None
-        for candidate in (kind, f"{family}/{dtype}" if family else None, f"{cls}/fp32" if dtype != "fp32" else None):
+        relative = f"conv/{dtype}" if cls in ("dwconv", "ConvInteger") else None
+        for candidate in (kind, relative, f"{cls}/fp32" if dtype != "fp32" else None):
             if candidate and what in self.by_kind.get(candidate, {}):
                 return self.by_kind[candidate][what]
         return self.default[what]
@@ -338,16 +311,6 @@ def estimate_s(nodes: list[NodeWork], machine: Machine, efficiency: Efficiency, 
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation (ties get their mean rank)."""
-    def ranks(x):
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        values = np.asarray(x)
-        for v in np.unique(values):
-            same = values == v
-            r[same] = r[same].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)

@@ -11,7 +11,7 @@ dimensions 1, a sequence 128), so contrib ops and data-dependent shapes are know
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from edgewise.errors import EdgewiseError
+from edgewise.runtime import onnx as onnx_runtime
 
 SEQUENCE = 128   # a free dimension named like a sequence; every other free dimension is 1
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -43,7 +44,6 @@ class Node:
     op: str
     inputs: list[str]
     outputs: list[str]
-    attributes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -112,14 +112,6 @@ def dummy_feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
 def analyse(path: str | Path) -> Graph:
     """The model at `path` as ONNX Runtime runs it (see the module's docstring)."""
     path = Path(path)
@@ -132,19 +124,14 @@ def analyse(path: str | Path) -> Graph:
     file_weights = sum(_initializer_bytes(t) for t in original.graph.initializer)
     with tempfile.TemporaryDirectory(prefix="edgewise-graph-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        options = _options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-        options.optimized_model_filepath = str(optimized)
-        try:
-            first = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise EdgewiseError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        first = onnx_runtime.session(path, 1, check=False, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     optimized_path=optimized)
         feeds = dummy_feeds(first)
         model = onnx.load(str(optimized))
     graph = model.graph
     weights = {t.name: Tensor(t.name, tuple(t.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)))
                for t in graph.initializer}
-    nodes = [Node(n.name or f"{n.op_type}_{i}", n.op_type, [x for x in n.input if x], [y for y in n.output if y],
-                  {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
+    nodes = [Node(n.name or f"{n.op_type}_{i}", n.op_type, [x for x in n.input if x], [y for y in n.output if y])
              for i, n in enumerate(graph.node)]
     produced = [y for n in nodes for y in n.outputs]
     outputs = [o.name for o in graph.output]
@@ -153,17 +140,16 @@ def analyse(path: str | Path) -> Graph:
     for name in exposed:   # every intermediate tensor an output, shape unknown: observed by the run
         graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     names = outputs + exposed
+    session = onnx_runtime.session(model.SerializeToString(), 1, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), _options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                                       providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)
     except Exception as exc:
         raise EdgewiseError(f"{path}: could not run it to observe its tensors ({str(exc).splitlines()[0][:160]})") from None
     tensors = {name: Tensor(name, tuple(np.shape(v)), np.asarray(v).dtype) for name, v in zip(names, values)}
     for name, value in feeds.items():
         tensors[name] = Tensor(name, value.shape, value.dtype)
-    return Graph(path, nodes, tensors, weights, file_weights, path.stat().st_size + _external_bytes(original, path),
-                 list(feeds), outputs, feeds)
+    return Graph(path, nodes, tensors, weights, file_weights, onnx_runtime.size_bytes(path), list(feeds), outputs,
+                 feeds)
 
 
 def _initializer_bytes(t: onnx.TensorProto) -> int:
@@ -171,8 +157,3 @@ def _initializer_bytes(t: onnx.TensorProto) -> int:
     if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return (count + 1) // 2
     return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-
-
-def _external_bytes(model: onnx.ModelProto, path: Path) -> int:
-    files = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())

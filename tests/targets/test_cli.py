@@ -89,3 +89,18 @@ def test_an_rwkv_file_gets_a_decode_estimate(calibrated, tmp_path, capsys):
         assert result["energy_mj_per_token"] == pytest.approx(result["power_w"] * result["ms_per_token"])
         speeds[target] = result["tokens_per_s"]
     assert speeds["raspberry-pi-5"] > 10 * speeds["stm32h743"]   # 17 GB/s and 154 GFLOP/s against 1.9 and 1
+
+
+def test_a_corrupt_model_is_one_line(calibrated, tmp_path):
+    # a subprocess: ONNX Runtime's own log lines go to the process's stderr, past capsys
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    env = {**os.environ, "EDGEWISE_CACHE_DIR": str(calibrated[1].parents[1])}
+    done = subprocess.run([sys.executable, "-m", "edgewise.cli", "targets", "estimate", str(bad), "--target", "host"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "ONNX Runtime cannot load it" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

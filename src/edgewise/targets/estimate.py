@@ -178,8 +178,8 @@ def profile(path: str | Path, threads: int | None = None, runs: int = 10) -> tup
     than a small node takes): it is taken off evenly, so that the nodes add up to that latency, and
     never more than twice what it adds to a chain of tiny nodes."""
     threads = threads or os.cpu_count() or 1
+    seconds = latency_ms(path, threads, seconds=0.3) / 1e3   # first: a file ORT cannot load fails without the profiler
     nodes = _profiled(Path(path), threads, runs)
-    seconds = latency_ms(path, threads, seconds=0.3) / 1e3
     cap = 2 * profiler_cost_us(threads)
     excess = (sum(n.us for n in nodes) - (seconds - _run_overhead_s(threads)) * 1e6) / max(len(nodes), 1)
     cost = min(max(excess, 0.0), cap)

@@ -119,6 +119,9 @@ def test_compress_example_writes_model_and_card(tmp_path, capsys):
     (["compress", "--example", "digits", "--recipe", "shrink"], "unknown recipe step 'shrink'"),
     (["compress", "--recipe", "int8"], "name the model to compress"),
     (["compress", "--example", "digits", "--recipe", "int8", "--out", "/proc/edgewise"], "not writable"),
+    (["compress", "--example", "digits", "--recipe", "int8", "--export", "executorch"], "give --out FOLDER too"),
+    (["compress", "--example", "digits", "--recipe", "int8", "--export", "tflite", "--out", "x"],
+     "--export tflite: unknown format; choose one of executorch"),
 ])
 def test_compress_bad_input_is_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)
@@ -159,6 +162,7 @@ def test_optimize_onnx_only_with_and_without_labels(tmp_path, capsys, data, metr
     (["optimize", "--objective", "speed"], "--objective 'speed'"),
     (["optimize", "--onnx", "m.onnx"], "go together"),
     (["optimize", "--out", "/proc/edgewise-out"], "not writable"),
+    (["optimize", "--export", "coreml"], "--export coreml: unknown format"),
     (["optimize", "--study", "mysql+nodriver://x/y", "--example", "breast-cancer"], "--study mysql+nodriver://x/y: cannot open it"),
 ])
 def test_optimize_bad_input_is_one_line(capsys, argv, message):

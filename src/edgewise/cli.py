@@ -130,11 +130,12 @@ def compress(
     out: Annotated[Optional[Path], typer.Option(help="Write model.onnx and card.json here.")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: all cores).")] = None,
     seconds: Annotated[float, typer.Option(min=0.1, help="Timed seconds to measure all candidates.")] = 3.0,
+    export: Annotated[Optional[list[str]], typer.Option(help="Also write the model for another runtime (with --out): executorch (model.pte, XNNPACK), checked against the host.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Compress a model with a recipe and measure each step on ONNX Runtime.
 
-    Example: edgewise compress --example digits --recipe "prune(0.5)+int8" --out digits-small
+    Example: edgewise compress --example digits --recipe "prune(0.5)+int8" --out digits-small --export executorch
     """
     from edgewise.compression.recipe import compress as run_compress
     from edgewise.compression.recipe import parse_recipe, write_artifacts
@@ -143,6 +144,7 @@ def compress(
     from edgewise.measure.table import print_figures
 
     steps = parse_recipe(recipe)  # a bad recipe fails before any model is loaded
+    formats = _export_formats(export, out)
     chosen = load_task(example, task)
     if chosen is None:
         raise EdgewiseError("name the model to compress: --example NAME or --task FILE:NAME")
@@ -153,10 +155,12 @@ def compress(
         settings.threads = threads
     with tempfile.TemporaryDirectory(prefix="edgewise-") as workdir:
         result = run_compress(chosen, steps, workdir=workdir, settings=settings)
+        final = result.final
+        exports = _ship(chosen, final.model if final.model is not None else final.float_model, steps, formats, out)
         if out is not None:
-            write_artifacts(result, out)
+            write_artifacts(result, out, {"exports": [e.to_json() for e in exports]} if exports else None)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2, default=str))
+        print(json.dumps({**result.to_json(), "exports": [e.to_json() for e in exports]}, indent=2, default=str))
         return
     candidates = [result.baseline, *result.steps]
     print_figures([c.figures for c in candidates], settings, f"edgewise compress {chosen.name}: {recipe}")
@@ -168,6 +172,40 @@ def compress(
             print(f"{candidate.name}: {candidate.details['message']}")
     if out is not None:
         print(f"wrote {out / 'model.onnx'} and {out / 'card.json'}")
+    for exported in exports:
+        print(exported.line())
+
+
+def _export_formats(export: list[str] | None, out: Path | None) -> list[str]:
+    """The --export formats, checked (and their package found) before any work starts."""
+    if not export:
+        return []
+    if out is None:
+        raise EdgewiseError("--export writes beside model.onnx: give --out FOLDER too")
+    from edgewise.targets.export import check_format
+    return [check_format(name) for name in dict.fromkeys(export)]
+
+
+def _ship(task, model, steps, formats: list[str], out: Path | None) -> list:
+    """Each --export format of `model` (a recipe's torch form), written into `out` when its round trip passes."""
+    if not formats:
+        return []
+    from edgewise.progress import status
+    from edgewise.targets.export import ship
+
+    with status(f"exporting to {', '.join(formats)} and checking the round trip"):
+        return ship(task, model, steps, formats, out)
+
+
+def _hint_exports(target: str | None, formats: list[str]) -> None:
+    """With --target: the formats its usual runtime takes that were not asked for."""
+    if target is None:
+        return
+    from edgewise.targets.profiles import load
+
+    missing = [f for f in load(target).exports if f not in formats]
+    if missing:
+        print(f"{target} also runs {', '.join(missing)}: add --export {' --export '.join(missing)} to ship it")
 
 
 def _check_writable(folder: Path) -> None:
@@ -202,6 +240,7 @@ def optimize(
     study: Annotated[Optional[str], typer.Option(help="Optuna storage to resume from, e.g. sqlite:///edgewise.db.")] = None,
     guard: Annotated[bool, typer.Option(help="Accuracy guard in quantization (always on for --onnx).")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
+    export: Annotated[Optional[list[str]], typer.Option(help="Also write the chosen model for another runtime: executorch (model.pte, XNNPACK), checked against the host.")] = None,
     out: Annotated[Path, typer.Option(help="Where model.onnx, card.json, candidates.json and the reports go.")] = Path("edgewise-out"),
 ) -> None:
     """Find the best compressed model within a budget and write it with a report.
@@ -217,12 +256,15 @@ def optimize(
     from edgewise.optimization.search import Constraints, SearchSettings
 
     constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms, target, max_ram_mb)
+    formats = _export_formats(export, out)
     settings = SearchSettings(objective=objective, trials=trials, time_budget_min=time_budget_min, study=study,
-                              guard=guard, threads=threads)
+                              guard=guard, threads=threads, exports=tuple(formats))
     _check_writable(out)
     chosen_task = load_task(example, task, onnx, data) or load_task("digits")
     with tempfile.TemporaryDirectory(prefix="edgewise-optimize-") as workdir:  # candidates: gone afterwards
         result = run_optimize(chosen_task, constraints, settings, workdir=workdir)
+        if result.torch_form is not None:
+            result.exports = _ship(chosen_task, *result.torch_form, formats, out)
         write_outputs(result, out)
     rows = [c.figures for c in result.finalists]
     print_figures(rows, BenchSettings(), f"edgewise optimize {chosen_task.name}: baseline, peer, chosen")
@@ -233,6 +275,9 @@ def optimize(
         if line:
             print(line)
     print(f"wrote {out}/model.onnx, card.json, candidates.json, report.html, report.md")
+    for exported in result.exports:
+        print(exported.line())
+    _hint_exports(target, formats)
     if result.interrupted:
         raise typer.Exit(130)
 

@@ -21,7 +21,8 @@ class Candidate:
     """One model along a recipe.
 
     Torch steps (distill, prune) change `model`; quantization works on the ONNX form and leaves
-    `model` as None. `figures` holds its bench figures at batch 1 once measured; `details`
+    `model` as None (`float_model` keeps the torch model it started from, for other runtimes'
+    exports). `figures` holds its bench figures at batch 1 once measured; `details`
     holds what a step wants reported (sensitivity, layers kept in float, sparsity ...).
     """
 
@@ -29,6 +30,7 @@ class Candidate:
     workdir: Path
     recipe: tuple[str, ...] = ()
     model: torch.nn.Module | None = None
+    float_model: torch.nn.Module | None = None   # after ONNX quantization: the torch model it quantized
     onnx_path: Path | None = None
     figures: BenchResult | None = None
     details: dict = field(default_factory=dict)

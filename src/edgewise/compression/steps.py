@@ -226,8 +226,9 @@ class _Quantize(Step):
         src = candidate.onnx()
         dst = candidate.new_path(self.name)
         run = lambda s, d, exclude=(), include=None: self.quantize(candidate, s, d, exclude, include)  # noqa: E731
+        float_model = candidate.model if candidate.model is not None else candidate.float_model
         if self.max_drop is None:
-            return candidate.then(self.label(), model=None, onnx_path=run(src, dst))
+            return candidate.then(self.label(), model=None, float_model=float_model, onnx_path=run(src, dst))
         tolerance = Tolerance.parse(self.max_drop)
         baseline = candidate.baseline_metric if candidate.baseline_metric is not None else score_onnx(candidate.task, src)
         result = guarded(candidate.task, src, dst, run, tolerance, baseline)
@@ -235,7 +236,8 @@ class _Quantize(Step):
                    "kept_float": result.kept_float, "sensitivity": result.sensitivity}
         if result.message:
             details["message"] = result.message
-        return candidate.then(self.label(), model=None, onnx_path=result.path, details=details)
+        return candidate.then(self.label(), model=None, float_model=float_model, onnx_path=result.path,
+                              details=details)
 
 
 @dataclass(frozen=True)

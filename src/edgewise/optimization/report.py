@@ -149,6 +149,8 @@ def _sections(result: OptimizeResult) -> list[tuple[str, list[str], list[list[st
                          ["layer", "metric drop"], [[name, f"{drop:.4f}"] for name, drop in result.sensitivity]))
     if result.constraints.target:
         sections.append(_target_section(result))
+    if result.exports:
+        sections.append(_exports_section(result))
     sections.append(("All candidates", TRIALS_HEADER, _trial_rows(result)))
     return sections
 
@@ -181,6 +183,20 @@ def _target_section(result: OptimizeResult) -> tuple[str, list[str], list[list[s
     title = (f"On {c.target}: estimates, not measurements (error band on this machine, leave-one-family-out: median "
              f"{band['median_error']:.0%}, 90th percentile {band['p90_error']:.0%})" if band else f"On {c.target}")
     return title, TARGET_HEADER, rows
+
+
+EXPORTS_HEADER = ["format", "file", "KB", "quantization", "round trip: max |diff|", "tolerance", "compared with",
+                  "held-out metric", "written"]
+
+
+def _exports_section(result: OptimizeResult) -> tuple[str, list[str], list[list[str]]]:
+    """The chosen model in other runtimes' formats, each checked on held-out samples on this machine."""
+    rows = [[e.format, e.file or "-", f"{e.bytes / 1e3:.0f}" if e.passed else "-", e.quantization or "-",
+             f"{e.max_abs_diff:.3g}" if e.samples else "-", f"{e.tolerance:.3g}" if e.samples else "-",
+             e.reference or "-", f"{e.metric:.4f}" if e.metric is not None else "-",
+             "yes" if e.passed else "no: " + e.message] for e in result.exports]
+    return (f"The chosen model for other runtimes (round trip on this machine, held-out samples; the ONNX model's "
+            f"held-out metric is {result.chosen_figures.metric.value:.4f})", EXPORTS_HEADER, rows)
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#212529}
@@ -252,4 +268,5 @@ def card(result: OptimizeResult) -> dict:
         "compressed_size_bytes": compressed_size(chosen.onnx()), "machine": describe(),
         "accuracy_holds_for": accuracy_holds_for(result.chosen.recipe),
         "on_target": result.on_target.get(result.chosen.recipe),
+        "exports": [e.to_json() for e in result.exports],
     }

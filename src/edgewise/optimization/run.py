@@ -39,6 +39,8 @@ class OptimizeResult:
     on_target: dict[str, dict] = field(default_factory=dict)   # finalist -> its estimates on the target, or why it does not fit
     without_target: str = ""   # with a target: what the same trials would have chosen on this machine's measurements
     rejected: list[tuple[str, str]] = field(default_factory=list)   # candidates the target's fit check dropped, and why
+    torch_form: tuple | None = None    # with settings.exports: the chosen model before ONNX quantization, and its steps
+    exports: list = field(default_factory=list)   # targets.export.Exported, once shipped
 
     def finalist(self, name: str) -> Candidate | None:
         return next((c for c in self.finalists if c.name == name), None)
@@ -191,4 +193,6 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
             result.sensitivity = _sensitivity(searcher, chosen)
         except KeyboardInterrupt:
             result.interrupted = True
+    if settings.exports:
+        result.torch_form = (searcher.torch_stage(chosen.params).model, searcher.steps(chosen.params))
     return result

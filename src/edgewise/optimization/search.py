@@ -103,6 +103,7 @@ class SearchSettings:
     trial_seconds: float = 0.5        # latency measurement per trial; the finalists get longer
     guard: bool = False               # accuracy guard (sensitivity fallback) in quantization steps
     threads: int | None = None
+    exports: tuple[str, ...] = ()     # other runtimes' formats for the chosen model (targets.export)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -289,7 +290,14 @@ class Searcher:
     def build(self, params: dict) -> Candidate:
         """The candidate for `params`; torch stages come from the cache when already built."""
         steps = self.steps(params)
-        torch_steps = [s for s in steps if s.stage != "quantize"]
+        candidate = self.torch_stage(params)
+        for step in steps[len(candidate.recipe):]:
+            candidate = step.apply(candidate)
+        return candidate
+
+    def torch_stage(self, params: dict) -> Candidate:
+        """The candidate after the torch steps (distill, prune) of `params`, built once."""
+        torch_steps = [s for s in self.steps(params) if s.stage != "quantize"]
         key = tuple(s.label() for s in torch_steps)
         if key not in self._stages:
             candidate = self.baseline
@@ -297,10 +305,7 @@ class Searcher:
                 candidate = step.apply(candidate)
             candidate.onnx()
             self._stages[key] = candidate
-        candidate = self._stages[key]
-        for step in steps[len(torch_steps):]:
-            candidate = step.apply(candidate)
-        return candidate
+        return self._stages[key]
 
     def on_target(self, candidate: Candidate) -> dict | None:
         """The cheap checks on the target, before any accuracy run: does it fit (else EdgewiseError,

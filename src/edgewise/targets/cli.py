@@ -59,7 +59,8 @@ def list_targets(as_json: AsJson = False) -> None:
         total = sum(r.bytes.value for r in t.ram)
         ram = _human(total) + (f" ({_human(largest)})" if len(t.ram) > 1 else "")
         table.add_row(t.name, t.device_class, t.title, ram, _human(max(r.bytes.value for r in t.flash)),
-                      f"{t.peak_gops_fp32.value:g} / {t.peak_gops_int8.value:g}", f"{t.bandwidth_gbs.value:g}", t.runtime)
+                      f"{t.peak_gops_fp32.value:g} / {t.peak_gops_int8.value:g}", f"{t.bandwidth_gbs.value:g}",
+                      " + ".join((t.runtime, *t.exports)))
     Console(width=200).print(table)
     if not load_calibration(required=False):
         print("host: not calibrated yet (edgewise targets calibrate)")
@@ -75,7 +76,9 @@ def show(name: Annotated[str, typer.Argument(help="A profile's name or host.")],
         print(json.dumps(t.to_json(), indent=2))
         return
     print(f"{t.name}: {t.title}")
-    print(f"  class {t.device_class}, {t.arch}, runtime {t.runtime}, weights kept in {t.weights_in}, "
+    print(f"  class {t.device_class}, {t.arch}, runtime {t.runtime}"
+          + (f" (edgewise also exports to {', '.join(t.exports)}: --export)" if t.exports else "")
+          + f", weights kept in {t.weights_in}, "
           f"dtypes {', '.join(t.dtypes)}" + (f", also known as {', '.join(t.aliases)}" if t.aliases else ""))
     for n in NUMBERS:
         f = getattr(t, n)

@@ -18,6 +18,7 @@ FOLDER = Path(__file__).with_name("profiles")
 KINDS = ("vendor", "derived", "measured")
 CLASSES = ("board", "phone", "laptop", "desktop", "server", "mcu", "host")
 RUNTIMES = ("onnxruntime", "tflite-micro")
+EXPORTS = ("executorch",)   # formats edgewise writes beside ONNX (targets.export), checked on the host
 NUMBERS = ("cores", "clock_ghz", "peak_gops_fp32", "peak_gops_int8", "bandwidth_gbs", "cache_bytes",
            "power_active_w", "power_idle_w")
 
@@ -52,6 +53,7 @@ class Target:
     dtypes: tuple[str, ...]
     runtime: str
     weights_in: str                     # "ram" (loaded) or "flash" (read in place)
+    exports: tuple[str, ...]            # other runtimes the device commonly runs that edgewise can export to
     cores: Figure
     clock_ghz: Figure
     peak_gops_fp32: Figure
@@ -78,7 +80,7 @@ class Target:
     def to_json(self) -> dict:
         return {"name": self.name, "title": self.title, "class": self.device_class, "arch": self.arch,
                 "isa": list(self.isa), "dtypes": list(self.dtypes), "runtime": self.runtime,
-                "weights_in": self.weights_in, "aliases": list(self.aliases),
+                "weights_in": self.weights_in, "exports": list(self.exports), "aliases": list(self.aliases),
                 **{n: getattr(self, n).to_json() for n in NUMBERS},
                 "ram": [{"name": r.name, "bytes": r.bytes.to_json()} for r in self.ram],
                 "flash": [{"name": r.name, "bytes": r.bytes.to_json()} for r in self.flash],
@@ -117,11 +119,14 @@ def parse(raw: dict, where: str) -> Target:
             raise EdgewiseError(f"{where}: runtime must be one of {', '.join(RUNTIMES)}")
         if raw["weights_in"] not in ("ram", "flash"):
             raise EdgewiseError(f"{where}: weights_in must be ram or flash")
+        exports = tuple(raw.get("exports", ()))
+        if any(e not in EXPORTS for e in exports):
+            raise EdgewiseError(f"{where}: exports must be among {', '.join(EXPORTS)}")
         cost = raw.get("runtime_cost") or {}
         return Target(
             name=raw["name"], title=raw["title"], device_class=raw["class"], arch=raw["arch"],
             isa=tuple(raw.get("isa", ())), dtypes=tuple(raw.get("dtypes", ("fp32",))), runtime=raw["runtime"],
-            weights_in=raw["weights_in"], aliases=tuple(raw.get("aliases", ())),
+            weights_in=raw["weights_in"], exports=exports, aliases=tuple(raw.get("aliases", ())),
             **{n: _figure(raw.get(n), f"{where}: {n}") for n in NUMBERS},
             ram=_regions(raw.get("ram"), f"{where}: ram"), flash=_regions(raw.get("flash"), f"{where}: flash"),
             runtime_flash=_figure(cost.get("flash_bytes"), f"{where}: runtime_cost.flash_bytes"),

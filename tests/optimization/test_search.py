@@ -222,7 +222,7 @@ def test_optimizing_for_a_microcontroller_drops_what_does_not_fit_before_measuri
     measured = []
     real = search.bench
     monkeypatch.setattr(search, "bench", lambda targets, s: measured.append(targets[0].name) or real(targets, s))
-    settings = SearchSettings(trials=4, time_budget_min=2, trial_seconds=0.1, distill_epochs=1)
+    settings = SearchSettings(trials=4, time_budget_min=2, trial_seconds=0.1, distill_epochs=1, exports=("executorch",))
     result = optimize(task, Constraints(max_drop=50.0, target="stm32h743"), settings, final_seconds=0.2,
                       workdir=tmp_path / "work")
     assert "baseline" not in measured   # the fit check dropped it before its accuracy run
@@ -231,9 +231,16 @@ def test_optimizing_for_a_microcontroller_drops_what_does_not_fit_before_measuri
     chosen = result.on_target[result.chosen.recipe]
     assert chosen["estimated"] and 0 < chosen["flash_bytes"] <= 2 * 2**20 and chosen["latency_ms"] > 0
     assert result.chosen.objective("latency") == chosen["latency_ms"]   # the objective is the estimate there
+    from edgewise.targets.export import ship
+
+    model, steps = result.torch_form   # the chosen model before its ONNX quantization, and its recipe
+    assert "+".join(s.label() for s in steps) == result.chosen.recipe or result.chosen.recipe == "baseline"
+    result.exports = ship(task, model, steps, ["executorch"], tmp_path)
     report = render_markdown(result)
     assert "On stm32h743: estimates, not measurements" in report and "every candidate must fit stm32h743" in report
     assert result.without_target and "On this machine's own measurements instead of the estimates on stm32h743" in report
+    assert "The chosen model for other runtimes" in report and "| executorch | model.pte |" in report
+    assert (tmp_path / "model.pte").is_file() and result.exports[0].passed
 
 
 def test_target_constraints_are_checked_up_front():

@@ -185,7 +185,7 @@ def _target_section(result: OptimizeResult) -> tuple[str, list[str], list[list[s
     return title, TARGET_HEADER, rows
 
 
-EXPORTS_HEADER = ["format", "file", "KB", "quantization", "round trip: max |diff|", "tolerance", "compared with",
+EXPORTS_HEADER = ["format", "file", "KB", "quantization", "round trip: max abs diff", "tolerance", "compared with",
                   "held-out metric", "written"]
 
 

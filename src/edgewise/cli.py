@@ -103,11 +103,11 @@ def _on_target(targets, name: str) -> list[dict]:
     device = load(name)
     rows = []
     for t in targets:
-        fitted = fit(t.path, device)
+        fitted = fit(t.path, device).to_json()
         estimate = predict(t.path, device, progress=lambda m: print(m, file=sys.stderr))
-        rows.append({"model": t.name, "fits": fitted.fits, "problems": fitted.problems,
+        rows.append({"model": t.name, "target": device.name, "estimate": estimate["estimate"],
+                     **{k: fitted[k] for k in ("fits", "problems", "flash_bytes", "ram_bytes", "regions")},
                      "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"],
-                     "ram_bytes": sum(p.bytes for r in fitted.regions if r.memory == "ram" for p in r.pieces),
                      "band": estimate["band"], "estimated": True})
     return rows
 
@@ -117,7 +117,8 @@ def _print_on_target(rows: list[dict], name: str) -> None:
     print(f"on {name} (estimates, not measurements; error band on this machine, leave-one-family-out: median "
           f"{band['median_error']:.0%}, 90th percentile {band['p90_error']:.0%}):")
     for r in rows:
-        print(f"  {r['model']}: {'fits' if r['fits'] else 'does not fit'}, {r['latency_ms']:.3g} ms, "
+        print(f"  {r['model']}: {'fits' if r['fits'] else 'does not fit'}, {r['latency_ms']:.3g} ms "
+              f"({r['estimate']['low_ms']:.3g}-{r['estimate']['high_ms']:.3g}), "
               f"{r['energy_mj']:.3g} mJ, RAM {r['ram_bytes'] / 2**20:.1f} MiB"
               + (f" ({r['problems'][0]})" if r["problems"] else ""))
 

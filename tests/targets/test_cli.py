@@ -7,6 +7,8 @@ from torch import nn
 from edgewise.cli import main
 from edgewise.runtime.onnx import export
 
+ESTIMATE_KEYS = {"latency_ms", "low_ms", "high_ms", "energy_j", "method"}   # issue 13's JSON contract
+
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
@@ -44,6 +46,10 @@ def test_estimate_says_it_is_one_and_carries_the_band(calibrated, model, capsys)
     pi = json.loads(capsys.readouterr().out)
     assert pi["estimated"] and pi["latency_ms"] > 0 and pi["band"]["models"] == 10
     assert pi["energy_mj"] == pytest.approx(pi["power_w"] * pi["latency_ms"])
+    e = pi["estimate"]
+    assert set(e) == ESTIMATE_KEYS and e["method"].startswith("estimate")
+    assert 0 < e["low_ms"] <= e["high_ms"]
+    assert e["energy_j"] == pytest.approx(pi["energy_mj"] / 1e3)
     assert main(["targets", "estimate", str(model), "--target", "stm32h743", "--json"]) == 0
     mcu = json.loads(capsys.readouterr().out)
     assert mcu["latency_ms"] > 3 * pi["latency_ms"]   # 0.96 GFLOP/s at 480 MHz against 154 at 2.4 GHz
@@ -52,6 +58,11 @@ def test_estimate_says_it_is_one_and_carries_the_band(calibrated, model, capsys)
 def test_fit_exit_codes_and_errors(model, tmp_path, capsys):
     assert main(["targets", "fit", str(model), "--target", "stm32h743"]) == 0
     assert "fits" in capsys.readouterr().out
+    assert main(["targets", "fit", str(model), "--target", "stm32h743", "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["fits"] and {"flash_bytes", "ram_bytes", "regions"} <= set(fitted)
+    assert fitted["flash_bytes"] == sum(p["bytes"] for r in fitted["regions"] if r["memory"] == "flash"
+                                        for p in r["pieces"])
     big = tmp_path / "big.onnx"
     export(nn.Linear(1024, 1024).eval(), np.zeros((1, 1024), np.float32), big)   # 4 MB of weights
     assert main(["targets", "fit", str(big), "--target", "stm32h743"]) == 1
@@ -74,6 +85,8 @@ def test_bench_adds_the_estimates_on_a_target(calibrated, model, capsys):
     report = json.loads(capsys.readouterr().out)
     [row] = report["on_target"]
     assert row["fits"] and row["estimated"] and row["latency_ms"] > 0 and row["band"]["models"] == 10
+    assert set(row["estimate"]) == ESTIMATE_KEYS and 0 < row["estimate"]["low_ms"] <= row["estimate"]["high_ms"]
+    assert row["flash_bytes"] > 64 * 64 * 4 and row["ram_bytes"] > 0 and row["regions"]
     assert main(["bench", str(model), "--target", "toaster"]) == 2
 
 
@@ -88,6 +101,7 @@ def test_an_rwkv_file_gets_a_decode_estimate(calibrated, tmp_path, capsys):
         assert result["estimated"] and result["kind"] == "rwkv" and result["weight_bytes_per_token"] > 0
         assert result["energy_mj_per_token"] == pytest.approx(result["power_w"] * result["ms_per_token"])
         speeds[target] = result["tokens_per_s"]
+        assert set(result["estimate"]) == ESTIMATE_KEYS and result["estimate"]["low_ms"] is None   # no band: said
     assert speeds["raspberry-pi-5"] > 10 * speeds["stm32h743"]   # 17 GB/s and 154 GFLOP/s against 1.9 and 1
 
 

@@ -321,11 +321,9 @@ class Searcher:
         if not fitted.fits:
             raise DoesNotFit(f"does not fit {target.name}: {fitted.problems[0]}")
         estimate = predict(candidate.onnx(), target, threads=self.settings.threads)
-        ram = sum(p.bytes for r in fitted.regions if r.memory == "ram" for p in r.pieces)
         return {"target": target.name, "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"],
-                "band": estimate["band"], "ram_bytes": ram,
-                "flash_bytes": sum(p.bytes for r in fitted.regions if r.memory == "flash" for p in r.pieces),
-                "estimated": True}
+                "band": estimate["band"], "estimate": estimate["estimate"], "ram_bytes": fitted.used("ram"),
+                "flash_bytes": fitted.used("flash"), "estimated": True}
 
     def evaluate(self, params: dict, number: int) -> TrialRecord:
         candidate = self.build(params)

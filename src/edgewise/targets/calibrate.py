@@ -29,7 +29,7 @@ from edgewise.runtime import onnx as onnx_runtime
 from edgewise.targets.estimate import MEMORY_EFFICIENCY, Efficiency, Machine, estimate_s, fit_efficiency, profile
 from edgewise.targets.profiles import Target, parse
 
-VERSION = 2   # of the cached file's layout
+VERSION = 3   # of the cached file's layout
 
 
 def cache_path() -> Path:
@@ -207,7 +207,9 @@ def leave_one_family_out(measured: dict[str, list], machine: Machine) -> dict:
             rows.append({"family": family, "model": name, "measured_s": seconds,
                          "estimated_s": estimate_s(nodes, machine, efficiency)})
     errors = [abs(r["estimated_s"] - r["measured_s"]) / r["measured_s"] for r in rows]
-    return {"rows": rows, "median_error": float(np.median(errors)), "p90_error": float(np.percentile(errors, 90))}
+    ratios = [r["measured_s"] / r["estimated_s"] for r in rows]   # what an estimate is multiplied by to be right
+    return {"rows": rows, "median_error": float(np.median(errors)), "p90_error": float(np.percentile(errors, 90)),
+            "ratio_p05": float(np.percentile(ratios, 5)), "ratio_p95": float(np.percentile(ratios, 95))}
 
 
 def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress=None, families=None) -> dict:
@@ -251,6 +253,7 @@ def calibrate(zoo_folder: str | Path | None = None, quick: bool = True, progress
     calibration["efficiency"] = fit_efficiency(everything, machine).to_json()
     check = leave_one_family_out(measured, machine)
     calibration["band"] = {"median_error": check["median_error"], "p90_error": check["p90_error"],
+                           "ratio_p05": check["ratio_p05"], "ratio_p95": check["ratio_p95"],
                            "models": len(check["rows"]), "method": "leave-one-family-out on the calibration zoo"}
     size, ram = runtime_costs()
     calibration["runtime_flash_bytes"], calibration["runtime_ram_bytes"] = size, ram

@@ -167,7 +167,9 @@ def estimate(
         print(json.dumps(result, indent=2))
         return
     band = result["band"]
-    print(f"{model} on {result['target']} (estimate): {result['latency_ms']:.3g} ms per inference, "
+    e = result["estimate"]
+    print(f"{model} on {result['target']} (estimate): {result['latency_ms']:.3g} ms per inference "
+          f"({e['low_ms']:.3g}-{e['high_ms']:.3g} ms holds 90% of what was measured here), "
           f"{result['energy_mj']:.3g} mJ (energy estimated: {result['power_w']:g} W active x the time)")
     print(f"  error band measured on this machine, leave-one-family-out over {band['models']} models: "
           f"median {band['median_error']:.0%}, 90th percentile {band['p90_error']:.0%}")

@@ -52,9 +52,13 @@ class Fit:
     problems: list[str]          # one line per piece that found no region, with by how much
     figures: dict                # weights, file size, activations, runtime, what the shapes were
 
+    def used(self, memory: str) -> int:
+        """Bytes placed in `memory` ("flash" or "ram"), over its regions."""
+        return sum(p.bytes for r in self.regions if r.memory == memory for p in r.pieces)
+
     def to_json(self) -> dict:
         return {"model": self.model, "target": self.target, "fits": self.fits, "problems": self.problems,
-                "figures": self.figures,
+                "flash_bytes": self.used("flash"), "ram_bytes": self.used("ram"), "figures": self.figures,
                 "regions": [{"memory": r.memory, "region": r.region, "capacity_bytes": r.capacity,
                              "used_bytes": r.used, "headroom_bytes": r.headroom,
                              "pieces": [{"what": p.what, "bytes": p.bytes} for p in r.pieces]}

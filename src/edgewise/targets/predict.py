@@ -34,9 +34,14 @@ def predict(path: str | Path, target: str | Target, threads: int | None = None, 
     scale = 1.0 if chosen.name == "host" else calibration["clock_ghz"] / max(chosen.clock_ghz.value, 1e-3)
     seconds = estimate_s(nodes, machine, fitted, scale)
     ranked = sorted(nodes, key=lambda n: -node_s(n, machine, fitted, scale))[:5]
+    band = calibration["band"]
     return {"model": str(path), "target": chosen.name, "estimated": True, "latency_ms": seconds * 1e3,
             "energy_mj": chosen.power_active_w.value * seconds * 1e3, "power_w": chosen.power_active_w.value,
-            "band": calibration["band"],
+            "band": band, "estimate": {
+                "latency_ms": seconds * 1e3, "low_ms": seconds * 1e3 * band["ratio_p05"],
+                "high_ms": seconds * 1e3 * band["ratio_p95"], "energy_j": chosen.power_active_w.value * seconds,
+                "method": "estimate: per-node roofline, efficiencies calibrated on this machine's ONNX Runtime "
+                          "profiles; low/high hold 90% of the leave-one-family-out ratios measured here"},
             "host_latency_ms": host_seconds * 1e3 if host_seconds is not None and chosen.name == "host" else None,
             "top_nodes": [{"op": n.op, "name": n.name, "ms": node_s(n, machine, fitted, scale) * 1e3,
                            "bound": _bound(n, machine)} for n in ranked]}
@@ -86,4 +91,8 @@ def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, p
             "weight_bytes_per_token": streamed, "tokens_per_s": 1 / seconds_per_token,
             "ms_per_token": seconds_per_token * 1e3, "energy_mj_per_token": chosen.power_active_w.value * seconds_per_token * 1e3,
             "power_w": chosen.power_active_w.value, "host_tokens_per_s": 1 / host_s, "bandwidth_share": share,
-            "method": "weights streamed per token / (the target's bandwidth x the share decode reached on this machine)"}
+            "method": "weights streamed per token / (the target's bandwidth x the share decode reached on this machine)",
+            "estimate": {"latency_ms": seconds_per_token * 1e3, "low_ms": None, "high_ms": None,
+                         "energy_j": chosen.power_active_w.value * seconds_per_token,
+                         "method": "estimate: one decode token's weight bytes / (the target's bandwidth x the share "
+                                   "of it decode reaches on this machine); no band measured for it"}}

@@ -238,7 +238,8 @@ def optimize(
     max_ram_mb: Annotated[Optional[float], typer.Option(help="Largest RAM on --target, MB.")] = None,
     trials: Annotated[int, typer.Option(min=1, help="Recipes to try (capped by the search space).")] = 20,
     time_budget_min: Annotated[float, typer.Option(help="Stop starting trials after this many minutes.")] = 10.0,
-    study: Annotated[Optional[str], typer.Option(help="Optuna storage to resume from, e.g. sqlite:///edgewise.db.")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Optuna storage to resume or share, e.g. sqlite:///edgewise.db or postgresql://user@host/db (several workers may run on one).")] = None,
+    report_only: Annotated[bool, typer.Option(help="Run no trials: write the report of the --study as it stands.")] = False,
     guard: Annotated[bool, typer.Option(help="Accuracy guard in quantization (always on for --onnx).")] = False,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
     export: Annotated[Optional[list[str]], typer.Option(help="Also write the chosen model for another runtime: executorch (model.pte, XNNPACK), checked against the host.")] = None,
@@ -259,7 +260,8 @@ def optimize(
     constraints = Constraints(max_drop, relative, max_size_mb, max_latency_ms, target, max_ram_mb)
     formats = _export_formats(export, out)
     settings = SearchSettings(objective=objective, trials=trials, time_budget_min=time_budget_min, study=study,
-                              guard=guard, threads=threads, exports=tuple(formats))
+                              guard=guard, threads=threads, exports=tuple(formats),
+                              report_only=report_only)
     _check_writable(out)
     chosen_task = load_task(example, task, onnx, data) or load_task("digits")
     with tempfile.TemporaryDirectory(prefix="edgewise-optimize-") as workdir:  # candidates: gone afterwards

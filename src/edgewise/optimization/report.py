@@ -83,7 +83,7 @@ SUMMARY_HEADER = ["model", "metric, validation", "metric, held-out", "p50 ms", "
                   "smaller", "params"]
 ENERGY_HEADER = ["model", "energy mJ/inference", "method", "$ per million", "g CO2e per million"]
 TRIALS_HEADER = ["trial", "recipe", "metric (validation)", "drop", "p50 ms", "size MB", "energy mJ",
-                 "within constraints"]
+                 "within constraints", "worker"]
 
 
 def _energy_rows(result: OptimizeResult) -> list[list[str]]:
@@ -95,7 +95,7 @@ def _energy_rows(result: OptimizeResult) -> list[list[str]]:
 def _trial_rows(result: OptimizeResult) -> list[list[str]]:
     return [[str(t.number), t.recipe, f"{t.metric:.4f}", f"{t.drop:.3f}",
              f"{t.figures.latency_ms.p50:.3f}", f"{_mb(t.figures.size_bytes):.3f}",
-             f"{t.figures.energy_j * 1e3:.4f}", "yes" if t.feasible else "no"]
+             f"{t.figures.energy_j * 1e3:.4f}", "yes" if t.feasible else "no", t.worker or "-"]
             for t in sorted(result.trials, key=lambda t: t.number)]
 
 
@@ -111,6 +111,10 @@ def _headline(result: OptimizeResult) -> list[str]:
              f"Chosen: **{result.chosen.recipe}** after {len(result.trials)} trials: drop {result.chosen.drop:.3f} on "
              f"the validation split the search used, **{result.held_out_drop:.3f} on held-out data** no trial touched "
              "(the figure to trust)."]
+    workers = sorted({t.worker for t in result.trials if t.worker})
+    if len(workers) > 1:
+        lines.append(f"The study was shared by {len(workers)} workers ({', '.join(workers)}); every trial "
+                     "of it is here, each recipe run once.")
     if result.without_target:
         same = result.without_target == result.chosen.recipe
         lines.append(f"On this machine's own measurements instead of the estimates on {c.target}, the same trials "
@@ -265,6 +269,7 @@ def card(result: OptimizeResult) -> dict:
                        "baseline_metric": result.finalists[0].validation_metric},
         "warning": result.disagreement, "baseline": _figures(result.baseline), "peer": _figures(result.final(PEER)),
         "search": asdict(result.settings), "trials": len(result.trials),
+        "workers": sorted({t.worker for t in result.trials if t.worker}),
         "compressed_size_bytes": compressed_size(chosen.onnx()), "machine": describe(),
         "accuracy_holds_for": accuracy_holds_for(result.chosen.recipe),
         "on_target": result.on_target.get(result.chosen.recipe),

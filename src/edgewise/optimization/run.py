@@ -164,6 +164,9 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
         recipe, why = searcher.rejected[0]
         raise EdgewiseError(f"no candidate fits {constraints.target} ({recipe}: {why}); choose a larger device "
                             "or allow more compression (--max-drop)")
+    if not trials and settings.report_only:
+        raise EdgewiseError(f"--study {settings.study}: no completed trials of {task.name} to report; run "
+                            "edgewise optimize --study on it first")
     if not trials:
         trials = [searcher.evaluate({"depth": 1.0, "prune": 0.0, "quant": "fp32"}, -1)]
     chosen, met, message = choose(trials, settings.objective)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from edgewise.compression.recipe import check_order
 from edgewise.compression.sensitivity import Tolerance, score_onnx
 from edgewise.errors import EdgewiseError
 from edgewise.measure.bench import BenchResult, BenchSettings, BenchTarget, bench
+from edgewise.optimization.claims import Claims
 from edgewise.optimization.space import Space, space_for
 from edgewise.progress import _STDERR, progress_bar
 from edgewise.task import Task
@@ -104,12 +108,15 @@ class SearchSettings:
     guard: bool = False               # accuracy guard (sensitivity fallback) in quantization steps
     threads: int | None = None
     exports: tuple[str, ...] = ()     # other runtimes' formats for the chosen model (targets.export)
+    report_only: bool = False         # run no trials: report the study as it stands (with study)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise EdgewiseError(f"--objective {self.objective!r}: use one of {', '.join(OBJECTIVES)}")
         if self.trials < 1 or not self.time_budget_min > 0:
             raise EdgewiseError("--trials must be >= 1 and --time-budget-min > 0")
+        if self.report_only and not self.study:
+            raise EdgewiseError("--report-only reports a stored study: give --study URL too")
 
 
 @dataclass
@@ -124,6 +131,7 @@ class TrialRecord:
     violations: dict[str, float]
     onnx_path: str | None = None
     details: dict = field(default_factory=dict)
+    worker: str = ""             # host:pid of the process that ran it (a shared study has several)
 
     @property
     def feasible(self) -> bool:
@@ -152,6 +160,21 @@ class TrialRecord:
         return cls(**{**fields, "figures": BenchResult.from_json(fields["figures"])})
 
 
+def _gone(worker: str | None) -> bool:
+    """True for a worker (host:pid) of this machine whose process no longer exists (killed mid-trial).
+    A worker on another machine is taken to be alive: a claim it left is freed by hand."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Searcher:
     """Runs the study for one task; keeps the torch stages it built for reuse."""
 
@@ -163,6 +186,9 @@ class Searcher:
         self.space: Space = space_for(task, self.baseline.onnx())
         self._stages: dict[tuple, Candidate] = {}
         self.interrupted = False
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.claims: Claims | None = None
+        self._skips = 0
 
     def study(self) -> optuna.Study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,26 +206,69 @@ class Searcher:
 
     def run(self) -> list[TrialRecord]:
         """Trials until the count or the time budget is spent, or Ctrl-C; every completed trial
-        of the study (earlier sessions' included)."""
+        of the study (earlier sessions' and other workers' included).
+
+        Workers on one study share it: each recipe is claimed before it runs (see `claims`), the
+        trial count is the study's, and workers that start while another's time budget is running
+        share that budget. A worker that is done waits for the others' trials in flight, so its
+        report covers the whole study."""
         study = self.study()
+        self.claims = Claims(self.settings.study, study.study_name, self.worker)
+        if self.settings.report_only:
+            return self.records(study)
         self._enqueue_cheap_first(study)
-        # Done: completed, or failed because a step does not apply. Interrupted and killed trials
-        # (FAIL without an error, or still RUNNING) are tried again.
-        done = {self._key(t.params) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)}
         wanted = min(self.settings.trials, self.space_size())
-        deadline = time.monotonic() + self.settings.time_budget_min * 60
+        deadline = self._shared_deadline(study)
         try:
             with progress_bar() as progress, self._noting_ctrl_c():
-                bar = progress.add_task("searching", total=wanted, completed=min(len(done), wanted), status="")
-                while len(done) < wanted and time.monotonic() < deadline and not self.interrupted:
-                    if self._trial(study, done):
-                        left = max(0.0, deadline - time.monotonic()) / 60
-                        progress.update(bar, completed=min(len(done), wanted),
-                                        status=f"best: {self._best_text(study)}  budget left {left:.1f} min")
+                bar = progress.add_task("searching", total=wanted, status="")
+                while not self.interrupted:
+                    done = self._done(study)
+                    progress.update(bar, completed=min(len(done), wanted))
+                    if len(done | self._taken()) >= wanted or time.time() >= deadline:
+                        break
+                    if self._trial(study, done, wanted):
+                        left = max(0.0, deadline - time.time()) / 60
+                        progress.update(bar, status=f"best: {self._best_text(study)}  budget left {left:.1f} min")
+                if not self.interrupted:
+                    self._wait_for_others(study, deadline, lambda n: progress.update(
+                        bar, completed=min(len(self._done(study)), wanted),
+                        status=f"waiting for {n} trial(s) of other workers"))
         except KeyboardInterrupt:
             self.interrupted = True
         return self.records(study)
+
+    def _done(self, study: optuna.Study) -> set[str]:
+        """Recipes done: completed, or failed because a step does not apply. Interrupted trials
+        (FAIL without an error) give their claim back and are tried again."""
+        return {self._key(t.params) for t in study.get_trials(deepcopy=False)
+                if len(t.params) == 3 and (t.state == optuna.trial.TrialState.COMPLETE
+                                           or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs))}
+
+    def _shared_deadline(self, study: optuna.Study) -> float:
+        """The wall-clock end of the time budget: a worker joining while another's budget runs shares
+        it; once it has run out, a new session (a resumed study) starts its own."""
+        budget, now = self.settings.time_budget_min * 60, time.time()
+        started = study.user_attrs.get("edgewise_session_started")
+        if started is None or now - started >= budget:
+            study.set_user_attr("edgewise_session_started", now)
+            started = now
+        return started + budget
+
+    def _wait_for_others(self, study: optuna.Study, deadline: float, show) -> None:
+        """Until no claimed trial of the study runs (other workers finishing theirs), at most 60 s past
+        the budget. A trial whose claim is gone (its process died, another took its recipe) is not waited for."""
+        while time.time() < deadline + 60:
+            running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                       if (worker := self.claims.worker_of(t.number)) and not _gone(worker)]
+            if not running:
+                return
+            show(len(running))
+            time.sleep(0.5)
+
+    def _taken(self) -> set[str]:
+        """Recipes claimed by live workers (a claim of a process killed on this machine is free again)."""
+        return {recipe for recipe, worker in self.claims.taken().items() if not _gone(worker)}
 
     @contextlib.contextmanager
     def _noting_ctrl_c(self):
@@ -227,8 +296,9 @@ class Searcher:
         for quant in self.space.quant:
             study.enqueue_trial({"depth": 1.0, "prune": 0.0, "quant": quant})
 
-    def _trial(self, study: optuna.Study, done: set) -> bool:
-        """Ask, evaluate and tell one trial; False when it was a repeat or did not apply."""
+    def _trial(self, study: optuna.Study, done: set[str], wanted: int) -> bool:
+        """Ask, claim, evaluate and tell one trial; False when it was a repeat, another worker's,
+        beyond the shared budget, or did not apply."""
         trial = study.ask()
         try:
             params = {"depth": trial.suggest_categorical("depth", list(self.space.depth)),
@@ -238,7 +308,14 @@ class Searcher:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise EdgewiseError(f"--study {self.settings.study} was made with another search space; "
                                 "give a new study name or file") from None
-        if self._key(params) in done:  # TPE repeats itself on small spaces: skip repeats
+        key = self._key(params)
+        if key in done or not self._claim(key, trial.number):   # TPE repeats itself on small spaces
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self._skipped(study, done)
+            return False
+        self._skips = 0
+        if self.claims.rank(key) >= wanted:   # other workers spent the shared budget meanwhile
+            self.claims.release(key, trial.number)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return False
         try:
@@ -246,24 +323,46 @@ class Searcher:
         except Exception as exc:  # a step that does not apply (or a tool that fails) on this model
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            done.add(self._key(params))
             if not isinstance(exc, EdgewiseError):
                 _STDERR.print(f"trial {trial.number} ({params}) failed: {type(exc).__name__}: {str(exc)[:200]}")
             return False
         except BaseException:
+            self.claims.release(key, trial.number)   # interrupted: someone may run it later
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        for key, value in record.to_json().items():
-            trial.set_user_attr(key, value)
+        record.worker = self.worker
+        for name, value in record.to_json().items():
+            trial.set_user_attr(name, value)
         for name, excess in record.violations.items():
             trial.set_constraint(name, excess)  # <= 0 is within the constraint
         study.tell(trial, [record.metric, record.objective(self.settings.objective)])
-        done.add(self._key(params))
         return True
 
+    def _claim(self, key: str, number: int) -> bool:
+        """This worker's right to run `key`: a fresh claim, or one taken over from a dead process."""
+        if self.claims.claim(key, number):
+            return True
+        holder = self.claims.holder(key)
+        return (holder is not None and _gone(self.claims.worker_of(holder))
+                and self.claims.take_over(key, holder, number))
+
+    def _skipped(self, study: optuna.Study, done: set[str]) -> None:
+        """After a few skips in a row, queue a recipe nobody has: the sampler keeps proposing taken ones."""
+        self._skips += 1
+        if self._skips < 3:
+            return
+        taken = done | self._taken()
+        free = [p for p in itertools.product(self.space.depth, self.space.prune, self.space.quant)
+                if self._key(dict(zip(("depth", "prune", "quant"), p))) not in taken]
+        if free:
+            study.enqueue_trial(dict(zip(("depth", "prune", "quant"), free[0])))
+        else:
+            time.sleep(0.5)   # every recipe is claimed: others are running the last ones
+        self._skips = 0
+
     @staticmethod
-    def _key(params: dict) -> tuple:
-        return (params["depth"], params["prune"], params["quant"])
+    def _key(params: dict) -> str:
+        return f"depth={params['depth']}|prune={params['prune']}|quant={params['quant']}"
 
     def records(self, study: optuna.Study) -> list[TrialRecord]:
         return [TrialRecord.from_json(t.user_attrs) for t in study.trials

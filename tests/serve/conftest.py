@@ -68,7 +68,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, models: Path, *flags: str, key: str | None = KEY) -> None:
+    def __init__(self, models: Path, *flags: str, key: str | None = KEY, startup_s: float = 60) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
@@ -77,7 +77,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "serve", str(models), "--port",
                                          str(self.port), "--threads", "2", *auth, *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.process.stderr.read()}")
@@ -88,7 +88,7 @@ class Server:
                 time.sleep(0.2)
         else:
             self.stop()
-            raise RuntimeError("the server did not come up in 60 s")
+            raise RuntimeError(f"the server did not come up in {startup_s:.0f} s")
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {},
                                  timeout=60)
 

@@ -62,7 +62,8 @@ def _check_port(host: str, port: int) -> None:
 def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_budget: str = "2GB",
           api_key: str | None = None, no_auth: bool = False, pins: tuple[str, ...] = (), keep_alive: str = "5m",
           max_queue: int = 32, max_body: str = "1MiB", max_tokens: int = 4096, threads: int | None = None,
-          grace: str = "30s", device: str | None = None, log_level: str = "warning") -> None:
+          grace: str = "30s", device: str | None = None, log_level: str = "warning", ray: bool = False,
+          replicas: int = 2, ray_address: str | None = None) -> None:
     """Run the server until SIGINT or SIGTERM (then: stop accepting, finish what is in flight within
     `grace`, exit)."""
     import torch
@@ -88,8 +89,12 @@ def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_bud
                         max_body=parse_bytes(max_body, "--max-body"), max_tokens=max_tokens, threads=threads,
                         device=energy.profile(device or energy.DEFAULT_PROFILE).name)
     _check_port(host, port)
-    app, _ = create_app(settings)
     grace_s = parse_seconds(grace, "--grace") or 0
+    if ray or ray_address:
+        from edgewise.serve.ray_serve import run as run_on_ray
+        run_on_ray(settings, host, port, replicas, ray_address, grace_s)
+        return
+    app, _ = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(grace_s),
                             access_log=False, lifespan="on")
     print(f"edgewise serve: {models_dir} on http://{host}:{port} (budget {memory_budget})", file=sys.stderr, flush=True)

@@ -1,0 +1,88 @@
+"""`edgewise serve --ray`: the same API on a local Ray cluster, two replicas routed by model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.serve.conftest import Server
+from tests.serve.test_app import PROMPT
+
+pytest.importorskip("ray.serve", reason="Ray Serve is an optional extra: pip install 'edgewise[ray]'")
+
+BUDGET = 300_000_000
+
+
+@pytest.fixture(scope="module")
+def on_ray(models_dir):
+    s = Server(models_dir, "--ray", "--replicas", "2", "--memory-budget", str(BUDGET), "--grace", "5s",
+               startup_s=180)
+    yield s
+    assert s.stop() == 0
+
+
+def _replicas(server, at_least: int = 0) -> dict:
+    """The replicas' own reports, once they count `at_least` requests (a report follows its response)."""
+    deadline = time.monotonic() + 10
+    while True:
+        replicas = server.http.get("/ray/replicas").json()["replicas"]
+        if sum(sum(r["requests"].values()) for r in replicas.values()) >= at_least or time.monotonic() > deadline:
+            return replicas
+        time.sleep(0.1)
+
+
+def test_completions_and_embeddings_through_ray_are_the_single_process_ones(on_ray, models_dir):
+    from tokenizers import Tokenizer
+    import onnxruntime as ort
+
+    cli = subprocess.run([sys.executable, "-m", "edgewise.cli", "rwkv", "generate", str(models_dir / "chat.pth"),
+                          "--prompt", PROMPT, "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.8",
+                          "--seed", "11"], capture_output=True, text=True, timeout=120)
+    client = on_ray.openai()
+    flags = dict(max_tokens=12, temperature=0.9, top_p=0.8, seed=11)
+    whole = client.completions.create(model="chat", prompt=PROMPT, **flags).choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model="chat", prompt=PROMPT,
+                                                                             stream=True, **flags))
+    assert cli.stdout == PROMPT + whole + "\n" and streamed == whole
+    texts = ["a fox in the forest", "rivers run to the sea"]
+    got = np.array([d.embedding for d in client.embeddings.create(model="encoder", input=texts).data], np.float32)
+    tokenizer = Tokenizer.from_file(str(models_dir / "encoder" / "tokenizer.json"))
+    tokenizer.enable_padding()
+    encoded = tokenizer.encode_batch(texts)
+    session = ort.InferenceSession(str(models_dir / "encoder" / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input_ids": np.array([e.ids for e in encoded], np.int64),
+                                  "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)})[0]
+    assert np.allclose(got, expected, atol=1e-5)
+    assert on_ray.http.post("/v1/completions", json={"model": "chat", "prompt": "a"},
+                            headers={"Authorization": "Bearer wrong"}).status_code == 401   # the replicas' auth
+
+
+def test_requests_land_on_replicas_that_hold_their_model_and_budgets_hold(on_ray):
+    client = on_ray.openai()
+    models = ("chat", "other", "encoder")
+
+    def one(model):
+        if model == "encoder":
+            client.embeddings.create(model=model, input="warm")
+        else:
+            client.completions.create(model=model, prompt="Hi", max_tokens=2, temperature=0)
+    for model in models:   # warm-up: each model loaded somewhere, and reported
+        one(model)
+    before = _replicas(on_ray)
+    for _ in range(10):
+        for model in models:
+            one(model)
+    after = _replicas(on_ray, sum(sum(r["requests"].values()) for r in before.values()) + 10 * len(models))
+    assert len(after) == 2, after   # both replicas ran
+    for model in models:
+        requests = sum(r["requests"].get(model, 0) for r in after.values()) - sum(
+            r["requests"].get(model, 0) for r in before.values())
+        hits = sum(r["hits"].get(model, 0) for r in after.values()) - sum(
+            r["hits"].get(model, 0) for r in before.values())
+        assert requests == 10 and hits / requests >= 0.9, (model, hits, requests, after)
+    for replica in after.values():
+        assert 0 < replica["peak_resident_bytes"] <= replica["budget_bytes"] == BUDGET

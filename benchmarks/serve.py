@@ -13,7 +13,10 @@
    against budget + its fixed overhead (measured: after each model ran once, the RSS that no
    resident model accounts for), and whether loads, evictions and residency add up.
 
-    python benchmarks/serve.py [--minutes 2] [--clients 16] [--skip-traffic]
+6. With --ray (only): the same traffic through `edgewise serve --ray` with 1 and then 2 replicas:
+   requests/s, p50, the share of requests that found their model resident, peak residency vs budget.
+
+    python benchmarks/serve.py [--minutes 2] [--clients 16] [--skip-traffic] [--ray]
 """
 
 from __future__ import annotations
@@ -230,19 +233,62 @@ def follow_up(server: Server, model: str) -> dict:
 
 
 # -- 5. mixed traffic ----------------------------------------------------------------------------
+X = np.zeros(256, np.float32).tolist()
+
+
+def one_request(http: httpx.Client, model: str) -> httpx.Response:
+    if model.startswith("rwkv"):
+        return http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
+    return http.post(f"/v2/models/{model}/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": X}]})
+
+
+def drive(server: Server, ids: list[str], minutes: float, clients: int, console: Console, what: str):
+    """Zipf-distributed requests over `ids` from `clients` concurrent clients for `minutes`:
+    (status counts, latencies). The same seeds give every server the same traffic."""
+    rng = random.Random(0)
+    order = ids[:]
+    rng.shuffle(order)   # which model is popular is not which is large
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(order))]
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+
+    async def client(k: int, until: float):
+        local = random.Random(k)
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as http:
+            while time.monotonic() < until:
+                model = local.choices(order, weights)[0]
+                started = time.perf_counter()
+                if model.startswith("rwkv"):
+                    r = await http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
+                else:
+                    r = await http.post(f"/v2/models/{model}/infer", json={"inputs": [
+                        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": X}]})
+                latencies.append(time.perf_counter() - started)
+                key = str(r.status_code) if r.status_code != 200 else "200"
+                if r.status_code not in (200, 503):
+                    key += f" {r.text[:120]}"
+                statuses[key] = statuses.get(key, 0) + 1
+                if r.status_code == 503:
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+
+    async def main():
+        until = time.monotonic() + minutes * 60
+        await asyncio.gather(*(client(k, until) for k in range(clients)))
+
+    console.print(f"traffic: {len(ids)} models, {what}, {clients} clients, {minutes:g} min ...")
+    asyncio.run(main())
+    return statuses, latencies
+
+
 def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dict:
     ids = sorted(p.stem if p.is_file() else p.name for p in folder.iterdir())
     total = sum(sum(f.stat().st_size for f in (p.iterdir() if p.is_dir() else [p])) for p in folder.iterdir())
     budget = total // 3
     server = Server(folder, "--memory-budget", str(budget), "--max-queue", "8", "--keep-alive", "0")
     started_rss = server.rss
-    x = np.zeros(256, np.float32).tolist()
     for model in ids:   # every model once, one at a time: what stays after that is the server's own
-        if model.startswith("rwkv"):
-            server.http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
-        else:
-            server.http.post(f"/v2/models/{model}/infer", json={"inputs": [
-                {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": x}]})
+        one_request(server.http, model)
     time.sleep(1.0)
     # the fixed overhead: resident memory not held by a resident model (interpreter, torch, ONNX Runtime,
     # the tokenizer, thread pools and what one run of each kind of model leaves behind)
@@ -265,39 +311,8 @@ def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dic
             time.sleep(0.05)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    rng = random.Random(0)
-    order = ids[:]
-    rng.shuffle(order)   # which model is popular is not which is large
-    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(order))]
-    statuses: dict[str, int] = {}
-    latencies: list[float] = []
-
-    async def client(k: int, until: float):
-        local = random.Random(k)
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as http:
-            while time.monotonic() < until:
-                model = local.choices(order, weights)[0]
-                started = time.perf_counter()
-                if model.startswith("rwkv"):
-                    r = await http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
-                else:
-                    r = await http.post(f"/v2/models/{model}/infer", json={"inputs": [
-                        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": x}]})
-                latencies.append(time.perf_counter() - started)
-                key = str(r.status_code) if r.status_code != 200 else "200"
-                if r.status_code not in (200, 503):
-                    key += f" {r.text[:120]}"
-                statuses[key] = statuses.get(key, 0) + 1
-                if r.status_code == 503:
-                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-
-    async def main():
-        until = time.monotonic() + minutes * 60
-        await asyncio.gather(*(client(k, until) for k in range(clients)))
-
-    console.print(f"traffic: {len(ids)} models, {total / 2**20:.0f} MiB of files, budget {budget / 2**20:.0f} MiB, "
-                  f"{clients} clients, {minutes:g} min ...")
-    asyncio.run(main())
+    statuses, latencies = drive(server, ids, minutes, clients, console,
+                                f"{total / 2**20:.0f} MiB of files, budget {budget / 2**20:.0f} MiB")
     stop.set()
     sampler.join()
     listing = server.http.get("/v1/models").json()
@@ -317,13 +332,57 @@ def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dic
                                    if unaccounted else {})}
 
 
+# -- --ray: the same traffic on Ray Serve, 1 replica against 2 -----------------------------------------
+def on_ray(folder: Path, minutes: float, clients: int, console: Console) -> list[dict]:
+    ids = sorted(p.stem if p.is_file() else p.name for p in folder.iterdir())
+    total = sum(sum(f.stat().st_size for f in (p.iterdir() if p.is_dir() else [p])) for p in folder.iterdir())
+    budget = total // 3
+    rows = []
+    for replicas in (1, 2):
+        server = Server(folder, "--ray", "--replicas", str(replicas), "--memory-budget", str(budget),
+                        "--max-queue", "8", "--keep-alive", "0", "--grace", "5s")
+        try:
+            for model in ids:
+                one_request(server.http, model)
+            before = server.http.get("/ray/replicas").json()["replicas"]
+            statuses, latencies = drive(server, ids, minutes, clients, console,
+                                        f"Ray Serve, {replicas} replica(s), budget {budget / 2**20:.0f} MiB each")
+            time.sleep(1.0)   # the replicas' last reports
+            after = server.http.get("/ray/replicas").json()["replicas"]
+        finally:
+            server.stop()
+
+        def total_of(reports, key):
+            return sum(sum(r[key].values()) for r in reports.values())
+        requests = total_of(after, "requests") - total_of(before, "requests")
+        hits = total_of(after, "hits") - total_of(before, "hits")
+        rows.append({"replicas": replicas, "ok_per_s": statuses.get("200", 0) / (minutes * 60),
+                     "p50_s": statistics.median(latencies), "statuses": statuses,
+                     "hit_ratio": hits / max(requests, 1),
+                     "peak_vs_budget": max(r["peak_resident_bytes"] for r in after.values()) / budget})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--skip-traffic", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="only the Ray Serve comparison: 1 vs 2 replicas")
     options = parser.parse_args()
     console = Console(width=150)
+    if options.ray:
+        with tempfile.TemporaryDirectory(prefix="edgewise-serve-bench-") as tmp:
+            rows = on_ray(make_models(Path(tmp), console)["traffic"], options.minutes, options.clients, console)
+        t = Table(title="Ray Serve: the same Zipf traffic, 1 vs 2 replicas (each its own budget)")
+        for k in ("replicas", "ok_per_s", "p50_s", "hit_ratio", "peak_vs_budget", "statuses"):
+            t.add_row(k, *[f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for r in rows])
+        console.print(t)
+        console.print(f"2 replicas / 1: {rows[1]['ok_per_s'] / rows[0]['ok_per_s']:.2f}x requests/s on "
+                      f"{os.cpu_count()} cores. The replicas share these cores: a second replica here adds room "
+                      "for resident models (a budget of its own), not compute; on a second machine it would add "
+                      "that machine's cores and memory.")
+        return
     from edgewise.measure.machine import describe
     from edgewise.rwkv import native
 

@@ -161,7 +161,8 @@ def compress(
         if out is not None:
             write_artifacts(result, out, {"exports": [e.to_json() for e in exports]} if exports else None)
     if as_json:
-        print(json.dumps({**result.to_json(), "exports": [e.to_json() for e in exports]}, indent=2, default=str))
+        extra = {"exports": [e.to_json() for e in exports]} if formats else {}
+        print(json.dumps({**result.to_json(), **extra}, indent=2, default=str))
         return
     candidates = [result.baseline, *result.steps]
     print_figures([c.figures for c in candidates], settings, f"edgewise compress {chosen.name}: {recipe}")

@@ -194,12 +194,19 @@ class Searcher:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=self.settings.seed, multivariate=True)
         name = f"edgewise-{self.task.name}-{self.settings.objective}"
-        try:
-            return optuna.create_study(storage=self.settings.study, study_name=name, sampler=sampler,
-                                       directions=["maximize", "minimize"], load_if_exists=True)
-        except Exception as exc:  # bad URL, missing driver, unreadable file: all the user's to fix
-            raise EdgewiseError(f"--study {self.settings.study}: cannot open it ({str(exc).splitlines()[0]}); "
-                                "give a URL such as sqlite:///edgewise.db") from None
+        for attempt in range(6):
+            try:
+                return optuna.create_study(storage=self.settings.study, study_name=name, sampler=sampler,
+                                           directions=["maximize", "minimize"], load_if_exists=True)
+            except Exception as exc:  # bad URL, missing driver, unreadable file: all the user's to fix
+                # Workers started together on a fresh database race to create Optuna's tables (or the
+                # study): the loser's error is a duplicate; a moment later the tables are there.
+                racing = any(word in str(exc) for word in ("duplicate key", "already exists", "UniqueViolation"))
+                if racing and attempt < 5:
+                    time.sleep(0.3 * (attempt + 1))
+                    continue
+                raise EdgewiseError(f"--study {self.settings.study}: cannot open it ({str(exc).splitlines()[0]}); "
+                                    "give a URL such as sqlite:///edgewise.db") from None
 
     def space_size(self) -> int:
         return len(self.space.depth) * len(self.space.prune) * len(self.space.quant)

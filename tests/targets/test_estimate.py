@@ -19,6 +19,10 @@ def test_a_convolution_counts_its_pre_packed_weights_from_the_graph():
 def test_a_matmul_reduces_over_its_first_inputs_last_dimension():
     node = node_work("m", "MatMul", [{"float": [4, 32, 64]}, {"float": [4, 64, 32]}], [{"float": [4, 32, 32]}])
     assert node.ops == 2 * 4 * 32 * 32 * 64 and node.kind == "matmul/fp32"
+    vector = node_work("v", "Gemm", [{"float": [1, 256]}], [{"float": [1, 64]}], weights=[("float", [64, 256])])
+    assert vector.kind == "gemv/fp32" and vector.ops == 2 * 64 * 256   # matrix-vector: a kernel of its own
+    fitted = Efficiency({"matmul/fp32": {"compute": 0.8}}, {"overhead": 0.0, "compute": 0.1, "memory": 1.0})
+    assert fitted.of("gemv/fp32", "compute") == 0.8   # unseen, it borrows the matrix product's
 
 
 def _nodes(kind_op: str, efficiency: float, overhead: float, sizes) -> list[NodeWork]:

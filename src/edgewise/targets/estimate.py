@@ -48,18 +48,22 @@ class NodeWork:
     dtype: str       # "int8" or "fp32": which peak bounds it
     us: float = 0.0  # measured on the host (profile), when known
     depthwise: bool = False
+    vector: bool = False         # a matmul of one row (matrix-vector): another kernel than a matrix product
     model_weights: float = 0.0   # bytes of all the model's weights: whether they stay in a cache between runs
 
     @property
     def kind(self) -> str:
         """What the fitted efficiencies are kept by: convolutions (depthwise apart) and matmuls by dtype,
         ConvInteger (dynamic quantization) by its own name (its kernels run far from QLinearConv's),
-        every other op by its name."""
+        every other op by its name; depthwise convolutions and one-row matmuls (matrix-vector) apart."""
         if self.op in SEPARATE_INT8:
-            cls = self.op
+            cls = ("dw" if self.depthwise else "") + self.op
+        elif self.op in CONV_OPS:
+            cls = "dwconv" if self.depthwise else "conv"
+        elif self.op in MATMUL_OPS:
+            cls = "gemv" if self.vector else "matmul"
         else:
-            cls = ("dwconv" if self.depthwise else "conv") if self.op in CONV_OPS else "matmul" if self.op in MATMUL_OPS \
-                else self.op
+            cls = self.op
         return f"{cls}/{self.dtype}"
 
 
@@ -89,7 +93,7 @@ def node_work(name: str, op: str, inputs, outputs, us: float = 0.0, weights=()) 
             extra.append((dtype, list(dims)))
     out_elements = sum(_elements(s) for _, s in outs)
     moved = sum(_elements(s) * _SIZES.get(t, 4) for t, s in ins + outs + extra)
-    depthwise = False
+    depthwise = vector = False
     if op in CONV_OPS:
         kernels = [s for _, s in ins[1:] + extra if len(s) >= 3]
         per_output = _elements(kernels[0]) / kernels[0][0] if kernels else 1   # Cin / groups x kh x kw
@@ -98,9 +102,10 @@ def node_work(name: str, op: str, inputs, outputs, us: float = 0.0, weights=()) 
     elif op in MATMUL_OPS and ins:
         reduction = ins[0][1][-1] if ins[0][1] else 1
         ops = 2.0 * out_elements * reduction
+        vector = _elements(ins[0][1]) <= reduction   # one row of activations
     else:
         ops = float(out_elements * HEAVY_ELEMENTWISE.get(op, 1))
-    return NodeWork(name, op, ops, float(moved), "int8" if op in INT8_OPS else "fp32", us, depthwise)
+    return NodeWork(name, op, ops, float(moved), "int8" if op in INT8_OPS else "fp32", us, depthwise, vector)
 
 
 _ONNX_TYPES = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
@@ -218,9 +223,9 @@ class Machine:
 @dataclass
 class Efficiency:
     """How a kind of node runs against the roofline: it takes its fixed cost plus
-    max(ops / (peak x compute), bytes / (bandwidth x memory)). The fixed cost is the smallest time a
-    node of that kind took (its smallest instances are all overhead: dispatch to the thread pool,
-    layout checks); `compute` is fitted on the nodes the roofline calls compute-bound and `memory` on
+    max(ops / (peak x compute), bytes / (bandwidth x memory)). The fixed cost is the median of what its
+    nodes took beyond their roofline time (dispatch to the thread pool, layout checks: starting from the
+    smallest time one took, refined twice with the efficiencies); `compute` is fitted on the nodes the roofline calls compute-bound and `memory` on
     the memory-bound ones, each only on nodes whose ideal time is at least their fixed cost (the rest
     say nothing of the kernel's speed). What a kind lacks comes from `default`, fitted on every node."""
 
@@ -231,7 +236,8 @@ class Efficiency:
         """The figure of `kind`, else of its nearest relative that has one (a depthwise convolution's
         of a convolution's, an int8 kind's of its fp32 form's), else the default."""
         cls, _, dtype = kind.partition("/")
-        relative = f"conv/{dtype}" if cls in ("dwconv", "ConvInteger") else None
+        relative = {"dwconv": f"conv/{dtype}", "ConvInteger": f"conv/{dtype}", "dwConvInteger": f"ConvInteger/{dtype}",
+                    "gemv": f"matmul/{dtype}"}.get(cls)
         for candidate in (kind, relative, f"{cls}/fp32" if dtype != "fp32" else None):
             if candidate and what in self.by_kind.get(candidate, {}):
                 return self.by_kind[candidate][what]
@@ -285,7 +291,13 @@ def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
     by_kind = {}
     for kind, mine in kinds.items():
         overhead = max(min(n.us for n in mine) * 1e-6, machine.node_overhead)
-        by_kind[kind] = {"overhead": overhead, **_efficiencies(mine, machine, overhead)}
+        entry = {"overhead": overhead, **_efficiencies(mine, machine, overhead)}
+        for _ in range(2):   # the fixed cost a node of the kind typically pays, not the least one paid
+            fitted = Efficiency({kind: entry}, {"overhead": 0.0, "compute": 0.5, "memory": 1.0})
+            rest = [max(n.us * 1e-6 - (node_s(n, machine, fitted) - entry["overhead"]), 0.0) for n in mine]
+            entry = {"overhead": max(float(np.median(rest)), machine.node_overhead)}
+            entry.update(_efficiencies(mine, machine, entry["overhead"]))
+        by_kind[kind] = entry
     default_overhead = machine.node_overhead   # a kind never seen: what a trivial node costs (tiny Adds)
     every = []   # each node less its own kind's fixed cost, for the defaults
     for node in nodes:

@@ -100,3 +100,63 @@ def build(folder: str | Path, families=FAMILIES, widths: dict | None = None, dep
                 if progress:
                     progress()
     return made
+
+
+KERNELS = "kernels"   # single layers at a few sizes: calibration material, never a family held out or scored
+
+
+class _Heads(nn.Module):
+    """(1, seq, width) -> (1, heads, seq, width / heads): the reshape and transpose of attention."""
+
+    def forward(self, x):
+        return x.reshape(1, x.shape[1], 4, x.shape[2] // 4).transpose(1, 2).contiguous()
+
+
+def _kernel_modules():
+    """(name, module, example input, quantizable) for each single-layer model."""
+    for width in (128, 512, 1024):   # matrix-vector
+        yield f"linear-m1-w{width}", nn.Linear(width, width), np.zeros((1, width), np.float32), True
+    for width in (64, 256):   # matrix products of a sequence
+        yield f"linear-m32-w{width}", nn.Linear(width, width), np.zeros((1, 32, width), np.float32), True
+    for channels in (16, 32, 64):
+        for side in (16, 32):
+            yield (f"conv3x3-c{channels}-{side}", nn.Conv2d(channels, channels, 3, padding=1),
+                   np.zeros((1, channels, side, side), np.float32), True)
+    for channels in (32, 128):
+        yield (f"dwconv3x3-c{channels}", nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+               np.zeros((1, channels, 32, 32), np.float32), True)
+        yield (f"conv1x1-c{channels}", nn.Conv2d(channels, channels, 1), np.zeros((1, channels, 32, 32), np.float32),
+               True)
+    for width in (64, 256):
+        yield f"layernorm-w{width}", nn.LayerNorm(width), np.zeros((1, 32, width), np.float32), False
+        yield f"heads-w{width}", _Heads(), np.zeros((1, 32, width), np.float32), False
+    for seq in (32, 64):
+        yield f"softmax-s{seq}", nn.Softmax(dim=-1), np.zeros((1, 4, seq, seq), np.float32), False
+
+
+def kernels(folder: str | Path) -> list[ZooModel]:
+    """The single-layer models (fp32; int8 static and dynamic where the layer has weights), exported
+    into `folder`: what the estimator learns each kind of kernel from, apart from any family."""
+    from edgewise.compression.quantize import int8_dynamic, int8_static
+    from edgewise.runtime.onnx import export
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, module, example, quantizable in _kernel_modules():
+        torch.manual_seed(len(name))
+        fp32 = folder / f"{KERNELS}-{name}-fp32.onnx"
+        if not fp32.exists():
+            export(module.eval(), example, fp32)
+        made.append(ZooModel(KERNELS, f"{KERNELS}-{name}-fp32", fp32))
+        if not quantizable:
+            continue
+        static, dynamic = folder / f"{KERNELS}-{name}-int8.onnx", folder / f"{KERNELS}-{name}-int8-dynamic.onnx"
+        if not static.exists():
+            calibration = (np.random.default_rng(0).standard_normal((16, *example.shape[1:])).astype(np.float32),)
+            int8_static(fp32, static, calibration, samples=16)
+        if not dynamic.exists():
+            int8_dynamic(fp32, dynamic)
+        made += [ZooModel(KERNELS, f"{KERNELS}-{name}-int8", static),
+                 ZooModel(KERNELS, f"{KERNELS}-{name}-int8-dynamic", dynamic)]
+    return made

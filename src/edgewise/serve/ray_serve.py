@@ -147,6 +147,21 @@ def deployments(settings, replicas: int, grace_s: float = 30.0):
             """Ray's record that this replica holds `model_id`; the pool loads it on the request, by bytes."""
             return model_id
 
+        def _forget_evicted(self) -> None:
+            """Ray's list of this replica's models follows the pool: a model the budget evicted is
+            dropped from it, so Ray stops routing its requests here as if it were resident. (Ray keeps
+            the list in its multiplexing wrapper, `ray==2.60.0`; elsewhere this does nothing.)"""
+            wrapper = getattr(self, "__serve_multiplex_wrapper", None)
+            models = getattr(wrapper, "models", None)
+            if models is None:
+                return
+            resident = {m for m, r in self.server.pool.resident.items() if r.runner is not None}
+            gone = [m for m in models if m not in resident]
+            for model in gone:
+                models.pop(model, None)
+            if gone and hasattr(wrapper, "_push_multiplexed_replica_info"):
+                wrapper._push_multiplexed_replica_info = True
+
         async def handle(self, method: str, path: str, query: bytes, headers: list, body: bytes):
             await self._started()
             model_id = serve.get_multiplexed_model_id()
@@ -159,6 +174,7 @@ def deployments(settings, replicas: int, grace_s: float = 30.0):
             async for part in call_asgi(self.app, method, path, query, headers, body):
                 yield part
             if model_id:
+                self._forget_evicted()
                 self.report["peak_resident_bytes"] = max(self.report["peak_resident_bytes"],
                                                          self.server.pool.resident_bytes())
                 self.report["resident"] = {m: r.bytes for m, r in self.server.pool.resident.items()

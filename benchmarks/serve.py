@@ -236,11 +236,16 @@ def follow_up(server: Server, model: str) -> dict:
 X = np.zeros(256, np.float32).tolist()
 
 
-def one_request(http: httpx.Client, model: str) -> httpx.Response:
+def request_of(model: str) -> tuple[str, dict]:
+    """(path, JSON body) of the traffic's request to `model`: a short completion, or one inference."""
     if model.startswith("rwkv"):
-        return http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
-    return http.post(f"/v2/models/{model}/infer", json={"inputs": [
-        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": X}]})
+        return "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 8}
+    return f"/v2/models/{model}/infer", {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": X}]}
+
+
+def one_request(http: httpx.Client, model: str) -> httpx.Response:
+    path, body = request_of(model)
+    return http.post(path, json=body)
 
 
 def drive(server: Server, ids: list[str], minutes: float, clients: int, console: Console, what: str):
@@ -258,12 +263,9 @@ def drive(server: Server, ids: list[str], minutes: float, clients: int, console:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as http:
             while time.monotonic() < until:
                 model = local.choices(order, weights)[0]
+                path, body = request_of(model)
                 started = time.perf_counter()
-                if model.startswith("rwkv"):
-                    r = await http.post("/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 8})
-                else:
-                    r = await http.post(f"/v2/models/{model}/infer", json={"inputs": [
-                        {"name": "input", "shape": [1, 256], "datatype": "FP32", "data": X}]})
+                r = await http.post(path, json=body)
                 latencies.append(time.perf_counter() - started)
                 key = str(r.status_code) if r.status_code != 200 else "200"
                 if r.status_code not in (200, 503):

@@ -61,6 +61,20 @@ def models_dir(tmp_path_factory) -> Path:
     return root
 
 
+def encoder_reference(models_dir: Path, texts: list[str]) -> tuple[np.ndarray, int]:
+    """The encoder's vectors for `texts` from ONNX Runtime in-process, and the tokens they count."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(models_dir / "encoder" / "tokenizer.json"))
+    tokenizer.enable_padding()
+    encoded = tokenizer.encode_batch(texts)
+    session = ort.InferenceSession(str(models_dir / "encoder" / "model.onnx"), providers=["CPUExecutionProvider"])
+    vectors = session.run(None, {"input_ids": np.array([e.ids for e in encoded], np.int64),
+                                 "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)})[0]
+    return vectors, sum(sum(e.attention_mask) for e in encoded)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import openai
 import pytest
 
-from tests.serve.conftest import KEY, Server
+from tests.serve.conftest import KEY, Server, encoder_reference
 
 PROMPT = "The quick brown fox"
 
@@ -94,19 +94,11 @@ def test_a_follow_up_turn_pays_only_for_its_new_tokens(server):
 
 
 def test_embeddings_match_onnx_runtime_in_process(server, models_dir):
-    from tokenizers import Tokenizer
-
     texts = ["a fox in the forest", "rivers run to the sea and further"]
     got = server.openai().embeddings.create(model="encoder", input=texts)
     vectors = np.array([d.embedding for d in got.data], np.float32)
-    tokenizer = Tokenizer.from_file(str(models_dir / "encoder" / "tokenizer.json"))
-    tokenizer.enable_padding()
-    encoded = tokenizer.encode_batch(texts)
-    session = ort.InferenceSession(str(models_dir / "encoder" / "model.onnx"), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"input_ids": np.array([e.ids for e in encoded], np.int64),
-                                  "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)})[0]
-    assert np.allclose(vectors, expected, atol=1e-5) and got.usage.prompt_tokens == sum(sum(e.attention_mask)
-                                                                                         for e in encoded)
+    expected, tokens = encoder_reference(models_dir, texts)
+    assert np.allclose(vectors, expected, atol=1e-5) and got.usage.prompt_tokens == tokens
 
 
 def test_kserve_v2_infer_metadata_and_health(server, models_dir):

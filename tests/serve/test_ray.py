@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server
+from tests.serve.conftest import Server, encoder_reference
 from tests.serve.test_app import PROMPT
 
 pytest.importorskip("ray.serve", reason="Ray Serve is an optional extra: pip install 'edgewise[ray]'")
@@ -36,9 +36,6 @@ def _replicas(server, at_least: int = 0) -> dict:
 
 
 def test_completions_and_embeddings_through_ray_are_the_single_process_ones(on_ray, models_dir):
-    from tokenizers import Tokenizer
-    import onnxruntime as ort
-
     cli = subprocess.run([sys.executable, "-m", "edgewise.cli", "rwkv", "generate", str(models_dir / "chat.pth"),
                           "--prompt", PROMPT, "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.8",
                           "--seed", "11"], capture_output=True, text=True, timeout=120)
@@ -50,13 +47,7 @@ def test_completions_and_embeddings_through_ray_are_the_single_process_ones(on_r
     assert cli.stdout == PROMPT + whole + "\n" and streamed == whole
     texts = ["a fox in the forest", "rivers run to the sea"]
     got = np.array([d.embedding for d in client.embeddings.create(model="encoder", input=texts).data], np.float32)
-    tokenizer = Tokenizer.from_file(str(models_dir / "encoder" / "tokenizer.json"))
-    tokenizer.enable_padding()
-    encoded = tokenizer.encode_batch(texts)
-    session = ort.InferenceSession(str(models_dir / "encoder" / "model.onnx"), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"input_ids": np.array([e.ids for e in encoded], np.int64),
-                                  "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)})[0]
-    assert np.allclose(got, expected, atol=1e-5)
+    assert np.allclose(got, encoder_reference(models_dir, texts)[0], atol=1e-5)
     assert on_ray.http.post("/v1/completions", json={"model": "chat", "prompt": "a"},
                             headers={"Authorization": "Bearer wrong"}).status_code == 401   # the replicas' auth
 
@@ -86,3 +77,15 @@ def test_requests_land_on_replicas_that_hold_their_model_and_budgets_hold(on_ray
         assert requests == 10 and hits / requests >= 0.9, (model, hits, requests, after)
     for replica in after.values():
         assert 0 < replica["peak_resident_bytes"] <= replica["budget_bytes"] == BUDGET
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "/nonexistent-models", "--ray", "--no-auth"], "/nonexistent-models: no such folder"),
+    (["serve", "{models}", "--ray-address", "127.0.0.1:1", "--no-auth"], "--ray-address 127.0.0.1:1: nothing answers"),
+])
+def test_bad_ray_input_is_one_line_before_any_cluster_starts(models_dir, capsys, argv, message):
+    from edgewise.cli import main
+
+    assert main([a.format(models=models_dir) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

@@ -11,8 +11,6 @@ given back.
 
 from __future__ import annotations
 
-import threading
-
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -36,7 +34,6 @@ class Claims:
         if url is None:
             url = "sqlite://"   # one process: an in-memory table serves the same logic
         self._engine = sa.create_engine(url, poolclass=sa.pool.StaticPool if url == "sqlite://" else None)
-        self._lock = threading.Lock()
         for attempt in range(3):   # two workers creating the table at once: one wins, the other sees it
             try:
                 _META.create_all(self._engine, checkfirst=True)
@@ -48,17 +45,18 @@ class Claims:
     def claim(self, recipe: str, trial: int) -> bool:
         """True if `recipe` is now this worker's to run as `trial`; False if another worker holds it."""
         try:
-            with self._lock, self._engine.begin() as db:
+            with self._engine.begin() as db:
                 db.execute(sa.insert(TABLE).values(study=self.study, recipe=recipe, trial=trial, worker=self.worker))
             return True
         except IntegrityError:
             return False
 
-    def holder(self, recipe: str) -> int | None:
-        """The trial number that holds `recipe`, if any."""
+    def holder(self, recipe: str) -> tuple[int, str] | None:
+        """(trial number, worker) that holds `recipe`, if any."""
         with self._engine.connect() as db:
-            return db.execute(sa.select(TABLE.c.trial).where(TABLE.c.study == self.study,
-                                                             TABLE.c.recipe == recipe)).scalar()
+            row = db.execute(sa.select(TABLE.c.trial, TABLE.c.worker).where(TABLE.c.study == self.study,
+                                                                            TABLE.c.recipe == recipe)).first()
+        return tuple(row) if row else None
 
     def worker_of(self, trial: int) -> str | None:
         """The worker (host:pid) whose claim `trial` is, if it holds one."""
@@ -68,14 +66,14 @@ class Claims:
 
     def take_over(self, recipe: str, stale_trial: int, trial: int) -> bool:
         """Claim `recipe` from a trial that died holding it; only one worker can succeed."""
-        with self._lock, self._engine.begin() as db:
+        with self._engine.begin() as db:
             gone = db.execute(sa.delete(TABLE).where(TABLE.c.study == self.study, TABLE.c.recipe == recipe,
                                                      TABLE.c.trial == stale_trial)).rowcount
         return bool(gone) and self.claim(recipe, trial)
 
     def release(self, recipe: str, trial: int) -> None:
         """Give `recipe` back (its trial was interrupted or is beyond the budget)."""
-        with self._lock, self._engine.begin() as db:
+        with self._engine.begin() as db:
             db.execute(sa.delete(TABLE).where(TABLE.c.study == self.study, TABLE.c.recipe == recipe,
                                               TABLE.c.trial == trial))
 

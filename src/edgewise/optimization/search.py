@@ -350,8 +350,7 @@ class Searcher:
         if self.claims.claim(key, number):
             return True
         holder = self.claims.holder(key)
-        return (holder is not None and _gone(self.claims.worker_of(holder))
-                and self.claims.take_over(key, holder, number))
+        return holder is not None and _gone(holder[1]) and self.claims.take_over(key, holder[0], number)
 
     def _skipped(self, study: optuna.Study, done: set[str]) -> None:
         """After a few skips in a row, queue a recipe nobody has: the sampler keeps proposing taken ones."""

@@ -86,8 +86,8 @@ async def call_asgi(app, method: str, path: str, query: bytes, headers: list, bo
             task.cancel()
 
 
-async def _lifespan(app) -> asyncio.Queue:
-    """Start an ASGI app's lifespan (pins loaded, the keep-alive reaper running); the queue stops it."""
+async def _lifespan(app) -> asyncio.Task:
+    """Start an ASGI app's lifespan (pins loaded, the keep-alive reaper running): its task, to keep."""
     inbox, started = asyncio.Queue(), asyncio.get_running_loop().create_future()
     await inbox.put({"type": "lifespan.startup"})
 
@@ -95,11 +95,11 @@ async def _lifespan(app) -> asyncio.Queue:
         if message["type"].startswith("lifespan.startup") and not started.done():
             started.set_result(message)
 
-    asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))
+    task = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))
     message = await started
     if message["type"] != "lifespan.startup.complete":
         raise RuntimeError(message.get("message", "the server failed to start"))
-    return inbox
+    return task   # the event loop holds tasks weakly: a lifespan nobody references could be collected
 
 
 def deployments(settings, replicas: int, grace_s: float = 30.0):
@@ -136,11 +136,12 @@ def deployments(settings, replicas: int, grace_s: float = 30.0):
                                          lifetime="detached").remote()
             self.report = {"pid": os.getpid(), "requests": {}, "hits": {}, "peak_resident_bytes": 0,
                            "budget_bytes": settings.budget}
-            self._stop = None
+            self._lifespan = None
 
         async def _started(self):
-            if self._stop is None:
-                self._stop = await _lifespan(self.app)
+            if self._lifespan is None:   # the first requests, however many arrive at once, share one start
+                self._lifespan = asyncio.ensure_future(_lifespan(self.app))
+            await self._lifespan
 
         @serve.multiplexed(max_num_models_per_replica=1024)
         async def get_model(self, model_id: str) -> str:
@@ -211,6 +212,21 @@ def deployments(settings, replicas: int, grace_s: float = 30.0):
     return Ingress.bind(Replica.bind())
 
 
+def _check_reachable(address: str) -> None:
+    """Fail at once on a cluster address nothing answers at (Ray itself retries for minutes)."""
+    import socket
+
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if address == "auto" or not port.isdigit():
+        return   # "auto" and bare names: Ray finds the cluster (and says so when it cannot)
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except OSError as exc:
+        raise EdgewiseError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); give the "
+                            "address of a running Ray cluster (ray start --head prints it)") from None
+
+
 def run(settings, host: str, port: int, replicas: int, address: str | None, grace_s: float) -> None:
     """Start (or join, with `address`) a Ray cluster, deploy, serve until SIGINT/SIGTERM."""
     try:
@@ -220,7 +236,11 @@ def run(settings, host: str, port: int, replicas: int, address: str | None, grac
         raise EdgewiseError("--ray needs Ray Serve: pip install 'edgewise[ray]'") from None
     if replicas < 1:
         raise EdgewiseError(f"--replicas {replicas}: give 1 or more")
-    os.environ.setdefault("RAY_SERVE_ENABLE_TASK_EVENTS", "0")
+    from edgewise.serve.catalog import scan
+
+    scan(settings.models_dir)   # a missing or empty folder: one line here, not a failed deployment in Ray
+    if address:
+        _check_reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=False, configure_logging=True)

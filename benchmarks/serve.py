@@ -83,9 +83,10 @@ class Server:
         return self.process.wait(timeout=60)
 
 
-def _stream(url: str, body: dict) -> tuple[float, float, int, dict]:
+def _stream(url: str, body: dict, arrivals: list | None = None) -> tuple[float, float, int, dict]:
     """(time to first text, total seconds, tokens, usage) of one streamed completion, read through
-    the standard library's http.client (a client that costs the 2 shared cores little)."""
+    the standard library's http.client (a client that costs the 2 shared cores little); the
+    perf_counter time of each text chunk goes into `arrivals` when given."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -105,8 +106,11 @@ def _stream(url: str, body: dict) -> tuple[float, float, int, dict]:
         chunk = json.loads(line[6:])
         if chunk.get("usage"):
             usage = chunk["usage"]
-        elif first is None and chunk.get("choices"):
-            first = time.perf_counter() - started
+        elif chunk.get("choices"):
+            now = time.perf_counter()
+            first = now - started if first is None else first
+            if arrivals is not None:
+                arrivals.append(now)
     connection.close()
     return first or 0.0, time.perf_counter() - started, usage.get("completion_tokens", 0), usage
 
@@ -186,30 +190,30 @@ def http_overhead(server: Server, model: Path, rounds: int = 20, per_round: int 
 
 # -- 3. batching ------------------------------------------------------------------------------
 def batching(server: Server, model: str, streams: int = 8, tokens: int = 64, rounds: int = 3) -> dict:
-    """Decode tokens/s: tokens after each stream's first, over the time from the first of them to the
-    last token of all (so that prompts, prefilled one after another, are not in it)."""
+    """Decode tokens/s of one stream, and of `streams` at once while all of them decode: prompts are
+    prefilled one after another as they arrive, so the window runs from the last stream's first text
+    to the first stream's last, and each stream's tokens in it are its text chunks there times its
+    tokens per chunk (a chunk holds one token's text, or a few tokens' when they end a UTF-8 char)."""
     url = server.url + "/v1/completions"
     body = {"model": model, "max_tokens": tokens, "temperature": 1.0, "top_p": 1.0}
     _stream(url, {**body, "prompt": "warm", "max_tokens": 4})
     one, many = [], []
     for r in range(rounds):
-        base = time.perf_counter()
         ttft, seconds, n, _ = _stream(url, {**body, "prompt": f"One stream, round {r}:"})
         one.append((n - 1) / (seconds - ttft))
-        results = [None] * streams
+        arrivals = [[] for _ in range(streams)]
+        counts = [0] * streams
 
         def run(i):
-            started = time.perf_counter()
-            first, total, count, _ = _stream(url, {**body, "prompt": f"Stream {i} of round {r}:", "seed": i})
-            results[i] = (started + first, started + total, count)
+            counts[i] = _stream(url, {**body, "prompt": f"Stream {i} of round {r}:", "seed": i}, arrivals[i])[2]
         threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        begin, end = max(res[0] for res in results), max(res[1] for res in results)
-        many.append(sum(res[2] - 1 for res in results) / (end - min(res[0] for res in results)))
-        del base, begin
+        begin, end = max(a[0] for a in arrivals), min(a[-1] for a in arrivals)
+        inside = sum(sum(begin < t <= end for t in a) * counts[i] / len(a) for i, a in enumerate(arrivals))
+        many.append(inside / (end - begin))
     return {"one_tokens_per_s": statistics.median(one), "many_tokens_per_s": statistics.median(many),
             "streams": streams}
 

@@ -56,7 +56,7 @@ def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path
 
     model = RWKV.load(checkpoints["other"], quant=quant)
     decoder = native.Decoder(model, kernels(path))
-    # 9 streams: int8 blocks of 4 streams and one left over; a block of 8 for the bf16 LoRA rows, and one
+    # 9 streams: int8 blocks of 4 streams (8 with VNNI) and one left over; a block of 8 for the bf16 LoRA rows, and one
     states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6, 1, 4, 7, 2)]
     batch = StateBatch.stack(states)
     tokens = [4, 8, 15, 16, 23, 42, 1, 2, 3]
@@ -72,6 +72,30 @@ def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path
             assert cosine(batch.get(b).S.numpy().ravel(), after.S.numpy().ravel()) > 0.999
     with pytest.raises(ValueError, match="shaped"):
         decoder.step_batch(tokens[:2], batch)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_steps_from_other_threads_agree_with_the_main_thread(checkpoints, path):
+    """A server decodes on its own threads, several at once; the kernels' own team barriers must hold
+    there as on the main thread (same logits, no hang)."""
+    import concurrent.futures
+
+    from edgewise.rwkv.state import StateBatch
+
+    model = RWKV.load(checkpoints["other"], quant="int8")
+    decoder = native.Decoder(model, kernels(path))
+    state = model.forward(PROMPT[:5], use_cache=False)[1]
+
+    def run(_):
+        batch = StateBatch.stack([state, state])
+        for token in (3, 1, 4, 1, 5):
+            logits = decoder.step_batch([token, token], batch)
+        return logits
+
+    expected = run(None)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        for logits in pool.map(run, range(6), timeout=120):
+            assert np.array_equal(logits, expected)
 
 
 def test_decode_writes_a_new_state_and_keeps_the_given_one(checkpoints):

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
 /* Which kernels: fixed by the flags this file is compiled with (setup.py builds one library per
  * instruction set; native.py loads the best the CPU runs). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(EW_SCALAR)
@@ -643,6 +645,39 @@ static int64_t row_weight(const ew_matrix *m) {
     return m->kind == F32 ? 8 * cols : m->kind == BF16 ? 4 * cols : m->kind == INT8 ? 2 * cols : cols;
 }
 
+/* A barrier of the team of the enclosing parallel region that spins (then yields) instead of
+ * sleeping. libgomp's own barriers spin for only ~100 rounds once more OpenMP threads exist than
+ * CPUs (as soon as a second Python thread, a server's batcher, runs a parallel region), then sleep
+ * on a futex: a decode step's ~80 barriers then cost a context switch each, and one token took
+ * 5.6 ms on a server's thread against 3.0 ms on the main thread (Zen 5, 2 cores). Sense by phase
+ * count: a thread reads the phase before it arrives; the last to arrive resets the count, then
+ * moves the phase on. */
+typedef struct { atomic_int arrived; atomic_int phase; } spin_barrier;
+#define SPIN_ROUNDS 20000   /* ~0.2-1 ms of pause before yielding the core to whatever else is runnable */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static void team_barrier(spin_barrier *b) {
+    int threads = omp_get_num_threads();
+    if (threads == 1) return;
+    int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == threads - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == phase; spins++) {
+        if (spins < SPIN_ROUNDS) cpu_relax();
+        else sched_yield();
+    }
+}
+
 #define MAX_JOBS 8
 
 /* This thread's rows of each job, [first[j], end[j]): all rows of all jobs are shared in contiguous
@@ -663,7 +698,7 @@ static void share_rows(const job *jobs, int count, int64_t (*cost)(const ew_matr
     }
 }
 
-static void run_jobs(const job *jobs, int count) {
+static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
     int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
     share_rows(jobs, count, row_weight, firsts, ends);
     for (int j = 0; j < count; j++) {
@@ -708,7 +743,7 @@ static void run_jobs(const job *jobs, int count) {
             }
         }
     }
-#pragma omp barrier
+    team_barrier(sync);
 }
 
 /* -- the small element-wise parts ------------------------------------------------------- */
@@ -980,10 +1015,11 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
         snprintf(problem_text, sizeof problem_text, "x or y is smaller than %lld rows", (long long)T);
         return SMALL_BUFFER;
     }
+    spin_barrier sync = {0};   /* shared by the team */
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     for (int64_t t = 0; t < T; t++) {
         job one = {m, x + t * m->cols, y + t * m->rows, NONE};
-        run_jobs(&one, 1);
+        run_jobs(&one, 1, &sync);
     }
     return OK;
 }
@@ -998,6 +1034,59 @@ typedef struct { const int8_t *q; const float *scale; const int32_t *sum; int64_
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
 #define EW_GEMM_Q8_SIMD 1
+#ifdef EW_INT4_VNNI
+#define Q8_TOKENS 8   /* tokens in a block: each weight load and its offset serve 8 streams */
+/* AVX512-VNNI: one vpdpbusd per group of 64 products (unsigned x signed bytes, summed in fours),
+ * where AVX2 takes six instructions. int8 rows: the signed inputs become unsigned (x + 128, an xor)
+ * and each lane's accumulator starts at minus 128 x the sum of its four weights, so the lane sums
+ * are exactly those of x x w. int4 rows: unsigned nibbles x signed inputs; the -8 offset, 8 x the
+ * group's sum of q, starts lane 0. */
+static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
+                                                                int64_t t0, int nt, float *y, int int4) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const int64_t cols = m->cols, G = x.groups, rows = m->rows;
+    const float *wscale = m->scale, *xscale = x.scale;
+    const int32_t *xsum = x.sum;
+    const int8_t *xq = x.q, *w8 = (const int8_t *)m->data + r0 * cols;
+    const uint8_t *w4 = (const uint8_t *)m->data + r0 * cols / 2;
+    __m512 acc[Q8_TOKENS][2];   /* 16 of the 32 registers */
+    for (int t = 0; t < Q8_TOKENS; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        __m512i w[2], base[2];
+        __m512 ws[2];
+        for (int r = 0; r < nr; r++) {
+            if (!int4) {
+                _mm_prefetch((const char *)(w8 + r * cols + g * GROUP) + PREFETCH, _MM_HINT_T0);
+                w[r] = _mm512_loadu_si512(w8 + r * cols + g * GROUP);
+                base[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, w[r]));
+            } else {   /* nibbles of inputs 0..31 (low) and 32..63 (high), in input order */
+                _mm_prefetch((const char *)(w4 + r * cols / 2 + g * 32) + PREFETCH, _MM_HINT_T0);
+                __m256i d = _mm256_loadu_si256((const __m256i *)(w4 + r * cols / 2 + g * 32));
+                w[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(d), _mm256_srli_epi16(d, 4), 1), low);
+                ws[r] = _mm512_set1_ps(wscale[(r0 + r) * G + g]);
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            __m512i xv = _mm512_loadu_si512(xq + (t0 + t) * cols + g * GROUP);
+            __m512 xs = _mm512_set1_ps(xscale[(t0 + t) * G + g]);
+            if (!int4) {
+                __m512i xu = _mm512_xor_si512(xv, flip);
+                for (int r = 0; r < nr; r++)
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base[r], xu, w[r])), xs, acc[t][r]);
+            } else {
+                __m512i offset = _mm512_maskz_set1_epi32(1, -8 * xsum[(t0 + t) * G + g]);
+                for (int r = 0; r < nr; r++)
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, w[r], xv)),
+                                                _mm512_mul_ps(xs, ws[r]), acc[t][r]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] = _mm512_reduce_add_ps(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
+}
+#else
+#define Q8_TOKENS 4
 /* nt <= 4 tokens x nr <= 2 rows, of an INT8 (int4 = 0) or INT4 matrix; all three constant where
  * ew_gemm_q8 calls it, so that it is inlined with the accumulators in registers */
 static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
@@ -1052,6 +1141,7 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
         for (int r = 0; r < nr; r++)
             y[(t0 + t) * rows + r0 + r] = hsum256(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
 }
+#endif
 
 static void q8_block_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
     q8_block_kind(m, r0, 2, x, t0, 4, y, 0);
@@ -1067,6 +1157,13 @@ static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t 
         else q8_block_int8_4x2(m, r0, x, t0, y);
         return;
     }
+#if Q8_TOKENS == 8
+    if (nr == 2 && nt == 8) {
+        if (m->kind == INT4) q8_block_kind(m, r0, 2, x, t0, 8, y, 1);
+        else q8_block_kind(m, r0, 2, x, t0, 8, y, 0);
+        return;
+    }
+#endif
     for (int t = 0; t < nt; t++)   /* the edges, a token and a row at a time */
         for (int r = 0; r < nr; r++) q8_block_kind(m, r0 + r, 1, x, t0 + t, 1, y, m->kind == INT4);
 }
@@ -1273,6 +1370,7 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
         memcpy(s.x, (const float *)m->emb.data + token * C, C * sizeof(float));
     }
 
+    spin_barrier sync = {0};   /* shared by the team */
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         for (int i = 0; i < m->layers; i++) {
@@ -1285,41 +1383,42 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
                 layer_norm(s.x, L->ln1_w.data, L->ln1_b.data, s.xa, C, 1e-5f);
                 token_shift(s.xa, att_in + (size_t)i * C, att_out + (size_t)i * C, L->mix.data, 6, C, s.mixed);
             }
-#pragma omp barrier
+            team_barrier(&sync);
             const float *xr = s.mixed, *xw = s.mixed + C, *xk = s.mixed + 2 * C, *xv = s.mixed + 3 * C,
                         *xa = s.mixed + 4 * C, *xg = s.mixed + 5 * C;
             job first[] = {{&L->r, xr, s.r, NONE}, {&L->k, xk, s.k, NONE}, {&L->v, xv, s.v, NONE},
                            {&L->w1, xw, wl, TANH}, {&L->a1, xa, al, NONE}, {&L->g1, xg, gl, SIGMOID},
                            {&L->v1, xv, vl, NONE}};
-            run_jobs(first, L->v1.rows ? 7 : 6);
+            run_jobs(first, L->v1.rows ? 7 : 6, &sync);
             job second[] = {{&L->w2, wl, s.lw, NONE}, {&L->a2, al, s.la, NONE}, {&L->g2, gl, s.g, NONE},
                             {&L->v2, vl, s.lv, NONE}};
-            run_jobs(second, L->v1.rows ? 4 : 3);
-#pragma omp for schedule(static)
+            run_jobs(second, L->v1.rows ? 4 : 3, &sync);
+#pragma omp for schedule(static) nowait
             for (int h = 0; h < H; h++)
                 time_mix_head(L, i, h, N, S_in + state + (size_t)h * N * N, S_out + state + (size_t)h * N * N, &s);
+            team_barrier(&sync);
             job out[] = {{&L->o, s.y, s.dx, NONE}};
-            run_jobs(out, 1);
+            run_jobs(out, 1, &sync);
 #pragma omp master
             {
                 for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
                 layer_norm(s.x, L->ln2_w.data, L->ln2_b.data, s.xa, C, 1e-5f);
                 token_shift(s.xa, ffn_in + (size_t)i * C, ffn_out + (size_t)i * C, L->ffn_xk.data, 1, C, s.mixed);
             }
-#pragma omp barrier
+            team_barrier(&sync);
             job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};
-            run_jobs(key, 1);
+            run_jobs(key, 1, &sync);
             job value[] = {{&L->fv, s.hidden, s.dx, NONE}};
-            run_jobs(value, 1);
+            run_jobs(value, 1, &sync);
         }
 #pragma omp master
         {
             for (int c = 0; c < C; c++) s.x[c] += s.dx[c];
             layer_norm(s.x, m->ln_out_w.data, m->ln_out_b.data, s.xa, C, 1e-5f);
         }
-#pragma omp barrier
+        team_barrier(&sync);
         job head[] = {{&m->head, s.xa, logits, NONE}};
-        run_jobs(head, 1);
+        run_jobs(head, 1, &sync);
     }
     free(buffer);
     return OK;
@@ -1345,7 +1444,24 @@ static int64_t batch_row_weight(const ew_matrix *m) {
 #endif
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
+#ifdef EW_AVX512
+/* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains of 16 */
+static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) {
+    __m512 acc[8];
+    for (int b = 0; b < 8; b++) acc[b] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m512 wv = bf16x16(w + c);
+        for (int b = 0; b < 8; b++) acc[b] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + b * cols + c), acc[b]);
+    }
+    for (int b = 0; b < 8; b++) {
+        float total = _mm512_reduce_add_ps(acc[b]);
+        for (int64_t k = c; k < cols; k++) total += bf16_to_f32(w[k]) * x[b * cols + k];
+        out[b] = total;
+    }
+}
+#define EW_BF16_ROWS 8
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
 /* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains */
 static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) {
     __m256 acc[8];
@@ -1365,7 +1481,7 @@ static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *o
 #define EW_BF16_ROWS 8
 #endif
 
-static void run_jobs_batch(const job *jobs, int count, int B) {
+static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync) {
     int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
     share_rows(jobs, count, batch_row_weight, firsts, ends);
     for (int j = 0; j < count; j++) {
@@ -1388,6 +1504,7 @@ static void run_jobs_batch(const job *jobs, int count, int B) {
                     int64_t r = first;
                     for (; r + 2 <= end; r += 2) {
                         int b = 0;
+                        for (; b + Q8_TOKENS <= B; b += Q8_TOKENS) q8_block(m, r, 2, in, b, Q8_TOKENS, y);
                         for (; b + 4 <= B; b += 4) q8_block(m, r, 2, in, b, 4, y);
                         if (b < B) q8_block(m, r, 2, in, b, B - b, y);
                     }
@@ -1420,7 +1537,7 @@ static void run_jobs_batch(const job *jobs, int count, int B) {
                         y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jobs[j].activation);
         }
     }
-#pragma omp barrier
+    team_barrier(sync);
 }
 
 /* B streams, one token each (tokens [B]), advanced together through every layer: the batched form
@@ -1472,12 +1589,13 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
         }
     }
 
+    spin_barrier sync = {0};   /* shared by the team */
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         for (int i = 0; i < m->layers; i++) {
             const ew_layer *L = &m->layer[i];
             size_t state = (size_t)i * H * N * N;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t b = 0; b < B; b++) {
                 float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *att = states[b].att + (size_t)i * C;
                 if (i > 0)
@@ -1489,16 +1607,17 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
                         s.mixed[j * BC + b * C + c] = xa[c] + (att[c] - xa[c]) * L->mix.data[j * C + c];
                 memcpy(att, xa, C * sizeof(float));
             }
+            team_barrier(&sync);
             const float *xr = s.mixed, *xw = s.mixed + BC, *xk = s.mixed + 2 * BC, *xv = s.mixed + 3 * BC,
                         *xa = s.mixed + 4 * BC, *xg = s.mixed + 5 * BC;
             job first[] = {{&L->r, xr, s.r, NONE}, {&L->k, xk, s.k, NONE}, {&L->v, xv, s.v, NONE},
                            {&L->w1, xw, wl, TANH}, {&L->a1, xa, al, NONE}, {&L->g1, xg, gl, SIGMOID},
                            {&L->v1, xv, vl, NONE}};
-            run_jobs_batch(first, L->v1.rows ? 7 : 6, (int)B);
+            run_jobs_batch(first, L->v1.rows ? 7 : 6, (int)B, &sync);
             job second[] = {{&L->w2, wl, s.lw, NONE}, {&L->a2, al, s.la, NONE}, {&L->g2, gl, s.g, NONE},
                             {&L->v2, vl, s.lv, NONE}};
-            run_jobs_batch(second, L->v1.rows ? 4 : 3, (int)B);
-#pragma omp for schedule(static)
+            run_jobs_batch(second, L->v1.rows ? 4 : 3, (int)B, &sync);
+#pragma omp for schedule(static) nowait
             for (int64_t bh = 0; bh < B * H; bh++) {
                 int64_t b = bh / H;
                 int h = (int)(bh % H);
@@ -1508,28 +1627,31 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
                 float *S = states[b].S + state + (size_t)h * N * N;
                 time_mix_head(L, i, h, N, S, S, &sb);
             }
+            team_barrier(&sync);
             job out[] = {{&L->o, s.y, s.dx, NONE}};
-            run_jobs_batch(out, 1, (int)B);
-#pragma omp for schedule(static)
+            run_jobs_batch(out, 1, (int)B, &sync);
+#pragma omp for schedule(static) nowait
             for (int64_t b = 0; b < B; b++) {
                 float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *ffn = states[b].ffn + (size_t)i * C;
                 for (int c = 0; c < C; c++) x[c] += dx[c];
                 layer_norm(x, L->ln2_w.data, L->ln2_b.data, xa, C, 1e-5f);
                 token_shift(xa, ffn, ffn, L->ffn_xk.data, 1, C, s.mixed + b * C);
             }
+            team_barrier(&sync);
             job key[] = {{&L->fk, s.mixed, s.hidden, RELU_SQUARED}};
-            run_jobs_batch(key, 1, (int)B);
+            run_jobs_batch(key, 1, (int)B, &sync);
             job value[] = {{&L->fv, s.hidden, s.dx, NONE}};
-            run_jobs_batch(value, 1, (int)B);
+            run_jobs_batch(value, 1, (int)B, &sync);
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int64_t b = 0; b < B; b++) {
             float *x = s.x + b * C, *dx = s.dx + b * C;
             for (int c = 0; c < C; c++) x[c] += dx[c];
             layer_norm(x, m->ln_out_w.data, m->ln_out_b.data, s.xa + b * C, C, 1e-5f);
         }
+        team_barrier(&sync);
         job head[] = {{&m->head, s.xa, logits, NONE}};
-        run_jobs_batch(head, 1, (int)B);
+        run_jobs_batch(head, 1, (int)B, &sync);
     }
     free(buffer);
     return OK;

@@ -1444,36 +1444,36 @@ static int64_t batch_row_weight(const ew_matrix *m) {
 #endif
 }
 
+#if defined(EW_AVX512) || defined(EW_AVX2)
 #ifdef EW_AVX512
-/* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains of 16 */
+#define EW_BF16_LANES 16
+#define ew_vf __m512
+#define ew_vf_zero _mm512_setzero_ps
+#define ew_vf_bf16 bf16x16
+#define ew_vf_fmadd _mm512_fmadd_ps
+#define ew_vf_load _mm512_loadu_ps
+#define ew_vf_sum _mm512_reduce_add_ps
+#else
+#define EW_BF16_LANES 8
+#define ew_vf __m256
+#define ew_vf_zero _mm256_setzero_ps
+#define ew_vf_bf16 bf16x8
+#define ew_vf_fmadd _mm256_fmadd_ps
+#define ew_vf_load _mm256_loadu_ps
+#define ew_vf_sum hsum256
+#endif
+/* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains
+ * as wide as the build's vectors */
 static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) {
-    __m512 acc[8];
-    for (int b = 0; b < 8; b++) acc[b] = _mm512_setzero_ps();
+    ew_vf acc[8];
+    for (int b = 0; b < 8; b++) acc[b] = ew_vf_zero();
     int64_t c = 0;
-    for (; c + 16 <= cols; c += 16) {
-        __m512 wv = bf16x16(w + c);
-        for (int b = 0; b < 8; b++) acc[b] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + b * cols + c), acc[b]);
+    for (; c + EW_BF16_LANES <= cols; c += EW_BF16_LANES) {
+        ew_vf wv = ew_vf_bf16(w + c);
+        for (int b = 0; b < 8; b++) acc[b] = ew_vf_fmadd(wv, ew_vf_load(x + b * cols + c), acc[b]);
     }
     for (int b = 0; b < 8; b++) {
-        float total = _mm512_reduce_add_ps(acc[b]);
-        for (int64_t k = c; k < cols; k++) total += bf16_to_f32(w[k]) * x[b * cols + k];
-        out[b] = total;
-    }
-}
-#define EW_BF16_ROWS 8
-#elif defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
-/* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains */
-static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) {
-    __m256 acc[8];
-    for (int b = 0; b < 8; b++) acc[b] = _mm256_setzero_ps();
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
-        __m256i wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + c))), 16);
-        __m256 wv = _mm256_castsi256_ps(wide);
-        for (int b = 0; b < 8; b++) acc[b] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + b * cols + c), acc[b]);
-    }
-    for (int b = 0; b < 8; b++) {
-        float total = hsum256(acc[b]);
+        float total = ew_vf_sum(acc[b]);
         for (int64_t k = c; k < cols; k++) total += bf16_to_f32(w[k]) * x[b * cols + k];
         out[b] = total;
     }

@@ -26,7 +26,7 @@ VARIANTS = {
     "x86_64": {
         "avx512": ["-march=x86-64-v4", "-mavx512vnni"],   # AVX-512 F/BW/DQ/VL + VNNI
         "avx2": ["-march=x86-64-v3"],                    # AVX2, FMA, F16C, BMI2
-        "portable": [],                                                  # x86-64 baseline (SSE2)
+        "portable": ["-march=x86-64-v2"],                                # SSSE3, SSE4.1/4.2, POPCNT
     },
     "aarch64": {
         "neon": ["-march=armv8.2-a+dotprod"],   # NEON with sdot/udot (Cortex-A55/A76 and later)

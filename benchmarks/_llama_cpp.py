@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -23,7 +24,12 @@ SDIST = ("llama-cpp-python", "0.3.36")   # vendors llama.cpp commit 0c1e57098
 # The AVX2 build on an AVX-512 machine: the instruction sets of an AVX2-only x86-64 (Haswell, Zen 1-3).
 AVX2_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
               "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF"]
-BUILD_FLAGS = {"native": ["-DGGML_NATIVE=ON"], "avx2": AVX2_FLAGS}
+# Where the native build dies in llama.cpp's AMX kernels (an invalid tile config, llama.cpp PR #26954: SIGILL
+# on Xeons with AMX): every AVX-512 extension but AMX, which this runtime does not use either.
+AVX512_FLAGS = [*AVX2_FLAGS[:-2], "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
+                "-DGGML_AVX512_BF16=ON", "-DGGML_AVX_VNNI=ON", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+                "-DGGML_AMX_BF16=OFF"]
+BUILD_FLAGS = {"native": ["-DGGML_NATIVE=ON"], "avx512-no-amx": AVX512_FLAGS, "avx2": AVX2_FLAGS}
 # llama-quantize types at equal bits to edgewise's: int8 per row ~ Q8_0 (blocks of 32), int4 per 64 ~ Q4_0
 # (blocks of 32), the head quantized too, as edgewise int4 quantizes it.
 QUANT = {"int8": ("Q8_0", []), "int4": ("Q4_0", ["--output-tensor-type", "q4_0"])}
@@ -130,6 +136,17 @@ def gguf(checkpoint: Path, folder: Path, binaries: Path) -> dict[str, Path]:
         if not files[quant].is_file():
             _run([str(binaries / "llama-quantize"), *extra, str(f32), str(files[quant]), kind], log, timeout=1800)
     return files
+
+
+def runs(binaries: Path, model: Path) -> bool:
+    """False where `llama-bench` dies of an illegal instruction on `model` (a few tokens); other failures raise."""
+    done = subprocess.run([str(binaries / "llama-bench"), "-m", str(model), "-p", "32", "-n", "4", "-r", "1"],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode == -signal.SIGILL:
+        return False
+    if done.returncode:
+        raise Unavailable(f"llama-bench failed on {model.name}: {done.stderr.strip().splitlines()[-1:]}")
+    return True
 
 
 def bench(binaries: Path, model: Path, prompt_tokens: int, decode_tokens: int, threads: int,

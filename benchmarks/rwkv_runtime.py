@@ -138,6 +138,11 @@ def _against_llama_cpp(console: Console, folder: Path, checkpoint: Path, files: 
         for path, variant in pairs.items():
             binaries = _llama_cpp.build(variant)
             gguf = _llama_cpp.gguf(checkpoint, folder / "gguf", binaries)
+            if variant == "native" and not _llama_cpp.runs(binaries, gguf["int8"]):
+                console.print("llama.cpp's native build dies of an illegal instruction in its AMX kernels on this CPU "
+                              "(llama.cpp PR #26954); the peer is built with every AVX-512 extension but AMX instead")
+                variant = "avx512-no-amx"
+                binaries = _llama_cpp.build(variant)
             for quant, (kind, _) in _llama_cpp.QUANT.items():
                 peer, ours = [], []
                 for _ in range(rounds):
@@ -149,7 +154,7 @@ def _against_llama_cpp(console: Console, folder: Path, checkpoint: Path, files: 
                           for side, runs in (("peer", peer), ("ours", ours))}
                 decode_ratio = median["ours"]["decode_tokens_per_s"] / median["peer"]["decode_tokens_per_s"]
                 prefill_ratio = median["ours"]["prefill_tokens_per_s"] / median["peer"]["prefill_tokens_per_s"]
-                name = f"{variant} ({'avx512' if variant == 'native' and avx512 else 'avx2'})"
+                name = f"{variant} ({'avx2' if variant == 'avx2' or not avx512 else 'avx512'})"
                 table.add_row(name, kind, f"{median['peer']['decode_tokens_per_s']:.1f}",
                               f"{median['ours']['decode_tokens_per_s']:.1f}", f"{decode_ratio:.2f}x",
                               f"{median['peer']['prefill_tokens_per_s']:.0f}",

@@ -29,7 +29,7 @@ def _run(compiler: str, flags: list[str], out: Path, emulate: bool) -> dict:
                     reason="needs gcc-aarch64-linux-gnu and qemu-user (make test-deps installs them)")
 @pytest.mark.parametrize("variant", ["neon", "portable"])
 def test_aarch64_kernels_match_the_x86_build(tmp_path, variant):
-    # the scalar x86 build: fp32 activations throughout (the SSE2 one multiplies int16 activations)
+    # the scalar x86 build: fp32 activations throughout
     host = _run("gcc", ["-DEW_SCALAR"], tmp_path / "host", emulate=False)
     arm = _run(CROSS, SETUP["VARIANTS"]["aarch64"][variant], tmp_path / variant, emulate=True)
     assert ("features", str(8 if variant == "neon" else 0)) in arm   # the NEON kernels did run

@@ -181,7 +181,7 @@ def test_edgewise_kernels_forces_a_path(monkeypatch, value, message):
             with pytest.raises(EdgewiseError, match=message):
                 native.library()
         else:
-            portable = "c-sse2" if platform.machine() == "x86_64" else "c-portable"   # SSE2 is x86-64's baseline
+            portable = "c-x86-64-v2" if platform.machine() == "x86_64" else "c-portable"
             assert native.kernels(native.library()) == ("torch" if value == "torch" else portable)
     finally:
         native.forget()
@@ -355,7 +355,7 @@ def test_c_dequantization_is_torchs_and_checks_its_rows(kind, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_int4_rows_in_blocks_and_the_rows_left_over_match_the_dequantized_product(path):
     g = torch.Generator().manual_seed(2)
-    matrix = Int4Matrix(torch.randn(7, 192, generator=g))   # a block of 4 rows (AVX2, SSE2), then 3 left over
+    matrix = Int4Matrix(torch.randn(7, 192, generator=g))   # a block of 4 rows (AVX2, x86-64-v2), then 3 left over
     x = torch.randn(1, 192, generator=g)
     got = native.matmul(kernels(path), native.describe(matrix, []), x)
     expected = x @ matrix.dequantized(slice(None), torch.float32).T

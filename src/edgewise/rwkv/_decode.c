@@ -15,9 +15,9 @@
  *   INT4  uint8 [rows, cols / 2], w = (q - 8) * scale[row, group of 64 inputs], q in 0..15;
  *         byte j of a group holds input j (low nibble) and input j + 32 (high nibble)
  * Activations and state are fp32, except that int4 matrices multiply int8 activations
- * (symmetric, one scale per group of 64: llama.cpp's Q4 x Q8) on VNNI, AVX2 and NEON, and int8
- * and int4 matrices int16 activations on SSE2: converting weights to floats made decode bound by
- * arithmetic, not memory.
+ * (symmetric, one scale per group of 64: llama.cpp's Q4 x Q8) on every SIMD path, and int8
+ * matrices too on x86 (Q8 x Q8): converting weights to floats made decode bound by arithmetic,
+ * not memory.
  */
 #include <math.h>
 #include <stddef.h>
@@ -39,9 +39,9 @@
 #elif defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD) && !defined(EW_SCALAR)
 #include <arm_neon.h>
 #define EW_NEON 1
-#elif defined(__SSE2__) && defined(__x86_64__) && !defined(EW_SCALAR)
-#include <emmintrin.h>
-#define EW_SSE2 1   /* the portable x86-64 build: SSE2 is part of every x86-64 */
+#elif defined(__SSSE3__) && defined(__x86_64__) && !defined(EW_SCALAR)
+#include <tmmintrin.h>
+#define EW_SSSE3 1   /* the portable x86-64 build: x86-64-v2, every x86-64 CPU since 2009-2011 */
 #endif
 
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
@@ -327,19 +327,34 @@ static inline void quantize_group(const float *xg, int8_t *q, float *scale, int3
 }
 
 /* int4 matrices multiply int8 activations, quantized per group of 64 like the weights
- * (llama.cpp's Q4 x Q8), where the CPU has an integer dot product: AVX512-VNNI, AVX2's maddubs,
- * NEON's sdot. Converting nibbles to floats made int4 decode bound by arithmetic, not memory. */
-#if defined(EW_AVX512) && defined(__AVX512VNNI__)
+ * (llama.cpp's Q4 x Q8), where the CPU has an integer dot product: AVX512-VNNI, AVX2's and
+ * SSSE3's maddubs, NEON's sdot; on x86, int8 matrices do too (Q8 x Q8). Converting weights to
+ * floats made decode bound by arithmetic, not memory: int8 decode read 70% of the bandwidth an
+ * int4 one did (Xeon, AVX-512). */
+#if (defined(EW_AVX512) && defined(__AVX512VNNI__)) || defined(EW_AVX2) || defined(EW_NEON) || defined(EW_SSSE3)
 #define EW_INT4_Q8 1
+#endif
+#if defined(EW_AVX2) || defined(EW_SSSE3) || (defined(EW_AVX512) && defined(__AVX512VNNI__))
+#define EW_INT8_Q8 1
+#endif
+
+/* The int8 inputs of a product, per group of 64: q, and per group its scale and its sum of q (the
+ * offset of unsigned weights: int4's -8, VNNI int8's +128). */
+typedef struct { int8_t *q; int32_t *sum; float *scale; } q8_inputs;
+
+#ifdef EW_INT4_Q8
+static void prepare_q8(const float *x, int n, q8_inputs in) {
+    for (int g = 0; g < n / GROUP; g++) quantize_group(x + g * GROUP, in.q + g * GROUP, in.scale + g, in.sum + g);
+}
+#endif
+
+#if defined(EW_AVX512) && defined(__AVX512VNNI__)
 #define EW_INT4_VNNI 1
 
-/* The inputs of an int4 product, quantized per group of 64 and laid out for `dot_int4_vnni`:
- * per pair of groups (g, g + 1), 128 bytes: inputs 0..31 of g, of g + 1, then 32..63 of g,
- * of g + 1; and 16 lanes (8 per group) of the group's scale and of its sum of q (the -8
- * offset). A last unpaired group keeps its 64 inputs in order. */
-typedef struct { int8_t *q; int32_t *sum; float *scale; } int4_inputs;
-
-static void prepare_int4(const float *x, int n, int4_inputs in) {
+/* int4 inputs are laid out for `dot_int4_q8`: per pair of groups (g, g + 1), 128 bytes: inputs
+ * 0..31 of g, of g + 1, then 32..63 of g, of g + 1; and 16 lanes (8 per group) of the group's
+ * scale and of its sum of q (the -8 offset). A last unpaired group keeps its 64 inputs in order. */
+static void prepare_int4(const float *x, int n, q8_inputs in) {
     int groups = n / GROUP;
     for (int g = 0; g < groups; g++) {
         const float *xg = x + g * GROUP;
@@ -370,7 +385,7 @@ static void prepare_int4(const float *x, int n, int4_inputs in) {
     }
 }
 
-static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+static float dot_int4_q8(const uint8_t *w, const float *scale, q8_inputs in, int n) {
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc = _mm512_setzero_ps();
     int groups = n / GROUP, g = 0;
@@ -397,22 +412,33 @@ static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
     return total;
 }
 
-#elif defined(EW_AVX2) || defined(EW_NEON)
-#define EW_INT4_Q8 1
-
-/* The inputs of an int4 product, quantized per group of 64, in order; per group its scale and
- * its sum of q (AVX2 multiplies unsigned nibbles: the -8 offset comes off as 8 x sum). */
-typedef struct { int8_t *q; int32_t *sum; float *scale; } int4_inputs;
-
-static void prepare_int4(const float *x, int n, int4_inputs in) {
-    for (int g = 0; g < n / GROUP; g++) quantize_group(x + g * GROUP, in.q + g * GROUP, in.scale + g, in.sum + g);
+/* R (4 or 1) consecutive int8 rows x int8 inputs (in order), before the rows' scales: one vpdpbusd
+ * per 64 products. The weights become unsigned (w + 128, an xor) and lane 0 starts at minus 128 x
+ * the group's sum of q, so the lanes add up to exactly sum(w x). */
+static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int g = 0; g < n / GROUP; g++) {
+        __m512i x = _mm512_loadu_si512(in.q + g * GROUP), offset = _mm512_maskz_set1_epi32(1, -128 * in.sum[g]);
+        __m512 xs = _mm512_set1_ps(in.scale[g]);
+        for (int r = 0; r < R; r++) {
+            const int8_t *b = w + (size_t)r * n + g * GROUP;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m512i d = _mm512_xor_si512(_mm512_loadu_si512(b), flip);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, d, x)), xs, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-#ifdef EW_AVX2
-/* Four consecutive rows at once: every activation load, offset and scale broadcast serves all four.
- * The -8 offset comes off in the integers (the group's sum of q in each of 8 lanes = 8 x sum), and
- * the four rows' accumulators are four independent FMA chains. */
-static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n, float *out) {
+#elif defined(EW_AVX2)
+#define prepare_int4 prepare_q8
+
+/* R (4 or 1) consecutive int4 rows at once: every activation load, offset and scale broadcast serves
+ * all R. The -8 offset comes off in the integers (the group's sum of q in each of 8 lanes = 8 x
+ * sum), and the rows' accumulators are independent FMA chains. */
+static inline __attribute__((always_inline)) void dotR_int4_q8(const uint8_t *w, const float *scale, q8_inputs in,
+                                                               int n, float *out, int R) {
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     const int groups = n / GROUP;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -421,7 +447,7 @@ static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
         __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
         __m256i offset = _mm256_set1_epi32(in.sum[g]);
         __m256 xs = _mm256_broadcast_ss(in.scale + g);
-        for (int r = 0; r < 4; r++) {
+        for (int r = 0; r < R; r++) {
             const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
             _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
             __m256i d = _mm256_loadu_si256((const __m256i *)b);
@@ -433,28 +459,94 @@ static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r]);
         }
     }
-    for (int r = 0; r < 4; r++) out[r] = hsum256(acc[r]);
+    for (int r = 0; r < R; r++) out[r] = hsum256(acc[r]);
 }
-#define EW_INT4_ROWS 4
 
-static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
-    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int g = 0; g < n / GROUP; g++) {   /* one row: the edge of dot4_int4_q8, two chains */
+/* R (4 or 1) consecutive int8 rows x int8 inputs, before the rows' scales: |x| (unsigned) x w
+ * carrying x's sign, each pair at most 2 x 127 x 127 (no saturation), widened by pmaddwd. */
+static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < n / GROUP; g++) {
         const int8_t *xq = in.q + g * GROUP;
-        __m256i d = _mm256_loadu_si256((const __m256i *)(w + g * GROUP / 2));
-        __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), _mm256_loadu_si256((const __m256i *)xq));
-        __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low),
-                                          _mm256_loadu_si256((const __m256i *)(xq + 32)));
-        __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones), _mm256_set1_epi32(in.sum[g]));
-        __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale[g] * in.scale[g]));
-        if (g & 1) acc1 = _mm256_add_ps(acc1, part);
-        else acc0 = _mm256_add_ps(acc0, part);
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
+        __m256i a0 = _mm256_sign_epi8(x0, x0), a1 = _mm256_sign_epi8(x1, x1);
+        __m256 xs = _mm256_broadcast_ss(in.scale + g);
+        for (int r = 0; r < R; r++) {
+            const int8_t *b = w + (size_t)r * n + g * GROUP;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b), x0));
+            __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(b + 32)), x1));
+            __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), xs, acc[r]);
+        }
     }
-    return hsum256(_mm256_add_ps(acc0, acc1));
+    for (int r = 0; r < R; r++) out[r] = hsum256(acc[r]);
 }
-#else
-static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
+
+#elif defined(EW_SSSE3)
+#define prepare_int4 prepare_q8
+
+static inline float hsum128(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+}
+
+/* As on AVX2, 16 bytes at a time and without FMA. A group's four maddubs (each pair at most
+ * 2 x 15 x 127) add up in int16 (at most 15240) before one pmaddwd widens them. */
+static inline __attribute__((always_inline)) void dotR_int4_q8(const uint8_t *w, const float *scale, q8_inputs in,
+                                                               int n, float *out, int R) {
+    const __m128i low = _mm_set1_epi8(0x0F), ones = _mm_set1_epi16(1);
+    const int groups = n / GROUP;
+    __m128 acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int g = 0; g < groups; g++) {
+        const __m128i *xp = (const __m128i *)(in.q + g * GROUP);
+        __m128i x0 = _mm_loadu_si128(xp), x1 = _mm_loadu_si128(xp + 1), x2 = _mm_loadu_si128(xp + 2),
+                x3 = _mm_loadu_si128(xp + 3);
+        __m128i offset = _mm_set1_epi32(2 * in.sum[g]);   /* 4 lanes x 2 sum = 8 sum */
+        float xs = in.scale[g];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m128i d0 = _mm_loadu_si128((const __m128i *)b), d1 = _mm_loadu_si128((const __m128i *)(b + 16));
+            /* inputs 0..15 and 16..31 in the low nibbles, 32..47 and 48..63 in the high ones */
+            __m128i p = _mm_add_epi16(_mm_maddubs_epi16(_mm_and_si128(d0, low), x0), _mm_maddubs_epi16(_mm_and_si128(d1, low), x1));
+            p = _mm_add_epi16(p, _mm_maddubs_epi16(_mm_and_si128(_mm_srli_epi16(d0, 4), low), x2));
+            p = _mm_add_epi16(p, _mm_maddubs_epi16(_mm_and_si128(_mm_srli_epi16(d1, 4), low), x3));
+            __m128i dot = _mm_sub_epi32(_mm_madd_epi16(p, ones), offset);
+            __m128 s = _mm_set1_ps(xs * scale[(size_t)r * groups + g]);
+            acc[r] = _mm_add_ps(acc[r], _mm_mul_ps(_mm_cvtepi32_ps(dot), s));
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum128(acc[r]);
+}
+
+/* As on AVX2: |x| x w carrying x's sign, widened by pmaddwd, 16 bytes at a time */
+static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+    const __m128i ones = _mm_set1_epi16(1);
+    __m128 acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int g = 0; g < n / GROUP; g++) {
+        const __m128i *xp = (const __m128i *)(in.q + g * GROUP);
+        __m128i x[4], a[4];
+        for (int k = 0; k < 4; k++) x[k] = _mm_loadu_si128(xp + k), a[k] = _mm_sign_epi8(x[k], x[k]);
+        __m128 xs = _mm_set1_ps(in.scale[g]);
+        for (int r = 0; r < R; r++) {
+            const __m128i *b = (const __m128i *)(w + (size_t)r * n + g * GROUP);
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m128i s[4];
+            for (int k = 0; k < 4; k++)
+                s[k] = _mm_madd_epi16(_mm_maddubs_epi16(a[k], _mm_sign_epi8(_mm_loadu_si128(b + k), x[k])), ones);
+            __m128i dot = _mm_add_epi32(_mm_add_epi32(s[0], s[1]), _mm_add_epi32(s[2], s[3]));
+            acc[r] = _mm_add_ps(acc[r], _mm_mul_ps(_mm_cvtepi32_ps(dot), xs));
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum128(acc[r]);
+}
+
+#elif defined(EW_NEON)
+#define prepare_int4 prepare_q8
+
+static float dot_int4_q8(const uint8_t *w, const float *scale, q8_inputs in, int n) {
     const uint8x16_t low = vdupq_n_u8(0x0F);
     const int8x16_t eight = vdupq_n_s8(8);
     float32x4_t acc = vdupq_n_f32(0.f);
@@ -472,118 +564,18 @@ static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, i
     return vaddvq_f32(acc);
 }
 #endif
-#endif
 
-#ifdef EW_SSE2
-/* The portable x86-64 build (SSE2 only: no maddubs, no FMA) multiplies int8 and int4 matrices with
- * int16 activations, one scale per group of 64: pmaddwd does 8 products per instruction where
- * converting the weights to floats took one instruction per product and left decode bound by
- * arithmetic. int16 keeps the activations to 1 part in 32767 of their group's largest value. */
-#define EW_INT4_Q8 1
-#define EW_INT8_Q16 1
-typedef struct { int16_t *q; int32_t *sum; float *scale; } int4_inputs;
-#define EW_Q_TYPE int16_t
-
-static void prepare_int4(const float *x, int n, int4_inputs in) {
-    for (int g = 0; g < n / GROUP; g++) {
-        const float *xg = x + g * GROUP;
-        float largest = 0.f;
-        for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
-        float inverse = largest > 0.f ? 32767.f / largest : 0.f;
-        int sum = 0;
-        for (int j = 0; j < GROUP; j++) {
-            float v = xg[j] * inverse;
-            v = v > -32767.f ? v : -32767.f;   /* NaN too: converting it to an int is undefined */
-            v = v < 32767.f ? v : 32767.f;
-            int q = (int)nearbyintf(v);
-            in.q[g * GROUP + j] = (int16_t)q;
-            sum += q;
-        }
-        in.sum[g] = sum;
-        in.scale[g] = largest / 32767.f;
-    }
-}
-
-static inline float hsum128(__m128 v) {
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
-}
-
-/* int8 row (cols a multiple of 64) x int16 activations; the row's scale is applied by the caller */
-static float dot_int8_q16(const int8_t *w, int4_inputs in, int n) {
-    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();
-    for (int g = 0; g < n / GROUP; g++) {
-        __m128i dot = _mm_setzero_si128();
-        _mm_prefetch((const char *)(w + g * GROUP) + PREFETCH, _MM_HINT_T0);
-        for (int i = 0; i < GROUP; i += 16) {
-            __m128i d = _mm_loadu_si128((const __m128i *)(w + g * GROUP + i));
-            __m128i lo = _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8), hi = _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8);
-            const __m128i *x = (const __m128i *)(in.q + g * GROUP + i);
-            dot = _mm_add_epi32(dot, _mm_add_epi32(_mm_madd_epi16(lo, _mm_loadu_si128(x)), _mm_madd_epi16(hi, _mm_loadu_si128(x + 1))));
-        }
-        __m128 part = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(in.scale[g]));
-        if (g & 1) acc1 = _mm_add_ps(acc1, part);
-        else acc0 = _mm_add_ps(acc0, part);
-    }
-    return hsum128(_mm_add_ps(acc0, acc1));
-}
-
-/* Four consecutive rows at once, as on AVX2: the group's activations are loaded once for all four, and
- * each row's eight products are summed as a tree, not one chain. */
-static void dot4_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n, float *out) {
-    const __m128i low = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
-    const int groups = n / GROUP;
-    __m128 acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
-    for (int g = 0; g < groups; g++) {
-        const __m128i *xp = (const __m128i *)(in.q + g * GROUP);
-        __m128i x[8];
-        for (int k = 0; k < 8; k++) x[k] = _mm_loadu_si128(xp + k);
-        __m128i offset = _mm_set1_epi32(2 * in.sum[g]);
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
-            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-            __m128i d0 = _mm_loadu_si128((const __m128i *)b), d1 = _mm_loadu_si128((const __m128i *)(b + 16));
-            __m128i n0 = _mm_and_si128(d0, low), n1 = _mm_and_si128(d1, low);
-            __m128i n2 = _mm_and_si128(_mm_srli_epi16(d0, 4), low), n3 = _mm_and_si128(_mm_srli_epi16(d1, 4), low);
-            __m128i s0 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n0, zero), x[0]), _mm_madd_epi16(_mm_unpackhi_epi8(n0, zero), x[1]));
-            __m128i s1 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n1, zero), x[2]), _mm_madd_epi16(_mm_unpackhi_epi8(n1, zero), x[3]));
-            __m128i s2 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n2, zero), x[4]), _mm_madd_epi16(_mm_unpackhi_epi8(n2, zero), x[5]));
-            __m128i s3 = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(n3, zero), x[6]), _mm_madd_epi16(_mm_unpackhi_epi8(n3, zero), x[7]));
-            __m128i dot = _mm_sub_epi32(_mm_add_epi32(_mm_add_epi32(s0, s1), _mm_add_epi32(s2, s3)), offset);
-            __m128 s = _mm_set1_ps(scale[(size_t)r * groups + g] * in.scale[g]);
-            acc[r] = _mm_add_ps(acc[r], _mm_mul_ps(_mm_cvtepi32_ps(dot), s));
-        }
-    }
-    for (int r = 0; r < 4; r++) out[r] = hsum128(acc[r]);
-}
+#if defined(EW_AVX2) || defined(EW_SSSE3)
 #define EW_INT4_ROWS 4
-
-static float dot_int4_q8(const uint8_t *w, const float *scale, int4_inputs in, int n) {
-    const __m128i low = _mm_set1_epi8(0x0F), zero = _mm_setzero_si128();
-    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();
-    for (int g = 0; g < n / GROUP; g++) {
-        const uint8_t *b = w + g * GROUP / 2;
-        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-        __m128i d0 = _mm_loadu_si128((const __m128i *)b), d1 = _mm_loadu_si128((const __m128i *)(b + 16));
-        /* q of inputs 0..15, 16..31 (low nibbles), 32..47, 48..63 (high nibbles) */
-        __m128i nibbles[4] = {_mm_and_si128(d0, low), _mm_and_si128(d1, low), _mm_and_si128(_mm_srli_epi16(d0, 4), low),
-                              _mm_and_si128(_mm_srli_epi16(d1, 4), low)};
-        const __m128i *x = (const __m128i *)(in.q + g * GROUP);
-        /* the -8 offset: 8 x the group's sum of q, as 2 x sum in each of 4 lanes */
-        __m128i dot = _mm_sub_epi32(_mm_setzero_si128(), _mm_set1_epi32(2 * in.sum[g]));
-        for (int k = 0; k < 4; k++) {
-            dot = _mm_add_epi32(dot, _mm_madd_epi16(_mm_unpacklo_epi8(nibbles[k], zero), _mm_loadu_si128(x + 2 * k)));
-            dot = _mm_add_epi32(dot, _mm_madd_epi16(_mm_unpackhi_epi8(nibbles[k], zero), _mm_loadu_si128(x + 2 * k + 1)));
-        }
-        __m128 part = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(scale[g] * in.scale[g]));
-        if (g & 1) acc1 = _mm_add_ps(acc1, part);
-        else acc0 = _mm_add_ps(acc0, part);
-    }
-    return hsum128(_mm_add_ps(acc0, acc1));
+static void dot4_int4_q8(const uint8_t *w, const float *scale, q8_inputs in, int n, float *out) {
+    dotR_int4_q8(w, scale, in, n, out, 4);
 }
-#endif
-#ifndef EW_Q_TYPE
-#define EW_Q_TYPE int8_t
+
+static float dot_int4_q8(const uint8_t *w, const float *scale, q8_inputs in, int n) {
+    float y;
+    dotR_int4_q8(w, scale, in, n, &y, 1);
+    return y;
+}
 #endif
 
 static float row_dot(const ew_matrix *m, int row, const float *x) {
@@ -708,16 +700,18 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
             int first = (int)firsts[j], end = (int)ends[j];
 #ifdef EW_INT4_Q8
             int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
-#ifdef EW_INT8_Q16
-            int int8 = m->kind == INT8 && cols % GROUP == 0, prepared = int4 || int8;
+#ifdef EW_INT8_Q8
+            int int8 = m->kind == INT8 && cols % GROUP == 0;
 #else
-            int prepared = int4;
+            int int8 = 0;
 #endif
-            EW_Q_TYPE q[prepared ? cols : 1];
+            int prepared = int4 || int8;
+            int8_t q[prepared ? cols : 1];
             int32_t sums[prepared ? pairs * 16 : 1];
             float scales[prepared ? pairs * 16 : 1];
-            int4_inputs in = {q, sums, scales};
-            if (prepared) prepare_int4(jobs[j].x, m->cols, in);
+            q8_inputs in = {q, sums, scales};
+            if (int4) prepare_int4(jobs[j].x, m->cols, in);
+            else if (int8) prepare_q8(jobs[j].x, m->cols, in);
 #endif
             int r = first;
 #ifdef EW_INT4_ROWS
@@ -727,10 +721,17 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
                 for (int k = 0; k < EW_INT4_ROWS; k++) jobs[j].y[r + k] = activate(y[k], jobs[j].activation);
             }
 #endif
-#ifdef EW_INT8_Q16
-            for (; int8 && r < end; r++)
-                jobs[j].y[r] = activate(dot_int8_q16((const int8_t *)m->data + r * cols, in, m->cols) * m->scale[r],
-                                        jobs[j].activation);
+#ifdef EW_INT8_Q8
+            for (; int8 && r + 4 <= end; r += 4) {   /* four rows at a time, then one */
+                float y[4];
+                dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols, y, 4);
+                for (int k = 0; k < 4; k++) jobs[j].y[r + k] = activate(y[k] * m->scale[r + k], jobs[j].activation);
+            }
+            for (; int8 && r < end; r++) {
+                float y;
+                dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols, &y, 1);
+                jobs[j].y[r] = activate(y * m->scale[r], jobs[j].activation);
+            }
 #endif
             for (; r < end; r++) {
 #ifdef EW_INT4_Q8
@@ -970,7 +971,7 @@ int ew_features(void) {
 #ifdef EW_NEON
     features |= 8;
 #endif
-#ifdef EW_SSE2
+#ifdef EW_SSSE3
     features |= 16;
 #endif
     return features;

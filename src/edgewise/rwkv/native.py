@@ -37,7 +37,8 @@ VARIANTS = {
     "avx512": ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "fma"),
     "avx2": ("avx2", "fma", "f16c", "bmi2"),
     "neon": ("asimd", "asimddp"),
-    "portable": (),
+    # x86-64-v2 on x86 (maddubs: every x86-64 CPU since 2009-2011; older ones decode on torch), none on aarch64
+    "portable": ("ssse3", "sse4_1", "sse4_2", "popcnt") if platform.machine().lower() in ("x86_64", "amd64") else (),
 }
 PATHS = (*VARIANTS, "torch")
 
@@ -153,14 +154,14 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def kernels(lib: ctypes.CDLL | None) -> str:
-    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-sse2" (the portable x86-64
+    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64
     build), "c-portable" or "torch"."""
     if lib is None:
         return "torch"
     features = lib.ew_features()
     if features & 1:
         return "c-avx512" + ("-vnni" if features & 2 else "")
-    return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-sse2" if features & 16 else "c-portable"
+    return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-x86-64-v2" if features & 16 else "c-portable"
 
 
 _disabled = 0

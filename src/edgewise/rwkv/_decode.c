@@ -266,6 +266,45 @@ static float dot_int8(const int8_t *w, const float *x, int n) {
 }
 
 #else  /* portable: the compiler vectorises what it can */
+#ifdef EW_SSSE3
+static inline float hsum128(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+}
+
+/* Four chains, as on AVX2: one, as `omp simd` compiles the loop below, waits on the add latency. A
+ * bf16 becomes an fp32 by moving up 16 bits (interleaved with zeros). */
+static inline __m128 dot4_f32(__m128 acc, __m128 w, const float *x) { return _mm_add_ps(acc, _mm_mul_ps(w, _mm_loadu_ps(x))); }
+
+static float dot_f32(const float *w, const float *x, int n) {
+    __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = dot4_f32(a0, _mm_loadu_ps(w + i), x + i), a1 = dot4_f32(a1, _mm_loadu_ps(w + i + 4), x + i + 4);
+        a2 = dot4_f32(a2, _mm_loadu_ps(w + i + 8), x + i + 8), a3 = dot4_f32(a3, _mm_loadu_ps(w + i + 12), x + i + 12);
+    }
+    float s = hsum128(_mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    const __m128i zero = _mm_setzero_si128();
+    __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm_prefetch((const char *)(w + i) + PREFETCH, _MM_HINT_T0);
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(w + i)), v1 = _mm_loadu_si128((const __m128i *)(w + i + 8));
+        a0 = dot4_f32(a0, _mm_castsi128_ps(_mm_unpacklo_epi16(zero, v0)), x + i);
+        a1 = dot4_f32(a1, _mm_castsi128_ps(_mm_unpackhi_epi16(zero, v0)), x + i + 4);
+        a2 = dot4_f32(a2, _mm_castsi128_ps(_mm_unpacklo_epi16(zero, v1)), x + i + 8);
+        a3 = dot4_f32(a3, _mm_castsi128_ps(_mm_unpackhi_epi16(zero, v1)), x + i + 12);
+    }
+    float s = hsum128(_mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3)));
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+#else
 static float dot_f32(const float *w, const float *x, int n) {
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -279,6 +318,7 @@ static float dot_bf16(const uint16_t *w, const float *x, int n) {
     for (int i = 0; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
     return s;
 }
+#endif
 
 static float dot_int8(const int8_t *w, const float *x, int n) {
     float s = 0.f;
@@ -486,11 +526,6 @@ static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q
 
 #elif defined(EW_SSSE3)
 #define prepare_int4 prepare_q8
-
-static inline float hsum128(__m128 v) {
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
-}
 
 /* As on AVX2, 16 bytes at a time and without FMA. A group's four maddubs (each pair at most
  * 2 x 15 x 127) add up in int16 (at most 15240) before one pmaddwd widens them. */

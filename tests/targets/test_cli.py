@@ -101,8 +101,12 @@ def test_an_rwkv_file_gets_a_decode_estimate(calibrated, tmp_path, capsys):
         assert result["estimated"] and result["kind"] == "rwkv" and result["weight_bytes_per_token"] > 0
         assert result["energy_mj_per_token"] == pytest.approx(result["power_w"] * result["ms_per_token"])
         speeds[target] = result["tokens_per_s"]
-        assert set(result["estimate"]) == ESTIMATE_KEYS and result["estimate"]["low_ms"] is None   # no band: said
+        e = result["estimate"]
+        assert set(e) == ESTIMATE_KEYS and 0 < e["low_ms"] <= e["high_ms"]
+        assert e["low_ms"] / e["latency_ms"] == pytest.approx(result["band"]["ratio_p05"])
     assert speeds["raspberry-pi-5"] > 10 * speeds["stm32h743"]   # 17 GB/s and 154 GFLOP/s against 1.9 and 1
+    band = json.loads(calibrated[1].read_text())["rwkv_band"]   # measured once, kept with the calibration
+    assert band["models"] == 9 and band["ratio_p05"] <= band["ratio_p95"] and band == result["band"]
 
 
 def test_a_corrupt_model_is_one_line(calibrated, tmp_path):

@@ -190,8 +190,10 @@ def _estimate_rwkv(path: Path, target: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    e = result["estimate"]
     print(f"{path} ({result['quant']}) on {result['target']} (estimate): {result['tokens_per_s']:.3g} tokens/s decoding, "
-          f"{result['ms_per_token']:.3g} ms and {result['energy_mj_per_token']:.3g} mJ a token "
+          f"{result['ms_per_token']:.3g} ms a token ({e['low_ms']:.3g}-{e['high_ms']:.3g} ms holds 90% of what was "
+          f"measured here) and {result['energy_mj_per_token']:.3g} mJ "
           f"(energy estimated: {result['power_w']:g} W active x the time)")
     print(f"  {_human(result['weight_bytes_per_token'])} of weights streamed a token; decode reached "
           f"{result['bandwidth_share']:.0%} of this machine's bandwidth ({result['host_tokens_per_s']:.3g} tokens/s here), "

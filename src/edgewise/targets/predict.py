@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgewise.targets.calibrate import calibrate, efficiency, load_calibration, target_machine
 from edgewise.targets.estimate import _bound, estimate_s, node_s, profile
 from edgewise.targets.profiles import Target, load
@@ -47,21 +49,20 @@ def predict(path: str | Path, target: str | Target, threads: int | None = None, 
                            "bound": _bound(n, machine)} for n in ranked]}
 
 
-def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, progress=None) -> dict:
-    """Decode tokens/s of an RWKV-7 file on `target`, an estimate: a token streams the model's weights
-    once (RWKV.weight_bytes), so it takes weight bytes / (bandwidth x the share of it decode reaches).
-    That share is measured here, decoding this model on this machine against its measured bandwidth
-    (the cache's when the weights fit in it), and carried over; a token is also at least its
-    multiply-adds / the target's peak. No leave-one-family-out band: the transfer is one ratio."""
+# The band's models: (layers, width), each fp32, int8 and int4, a small vocabulary (the head is one more matrix)
+RWKV_SHAPES = ((2, 256), (4, 512), (6, 768))
+RWKV_VOCAB = 8192
+
+
+def _host_bandwidth(streamed: int, calibration: dict) -> float:
+    """The bandwidth a decode streaming `streamed` bytes a token draws on here: the cache's when they fit."""
+    return calibration["cache_bandwidth"] if streamed <= calibration["cache_bytes"] else calibration["bandwidth"]
+
+
+def _decode_s(model, seconds: float) -> float:
+    """Seconds per decode token of `model` on this machine, over at least `seconds` (and 5 tokens)."""
     import time
 
-    from edgewise.rwkv import RWKV
-    from edgewise.targets.estimate import MEMORY_EFFICIENCY
-
-    chosen = load(target) if isinstance(target, str) else target
-    calibration = calibration_or_calibrate(progress)
-    model = RWKV.load(path)
-    streamed = model.weight_bytes
     logits, state = model.forward([0], use_cache=False)
     for _ in range(3):
         logits, state = model.forward([1], state, use_cache=False)
@@ -69,9 +70,61 @@ def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, p
     while time.perf_counter() - start < seconds or count < 5:
         logits, state = model.forward([1], state, use_cache=False)
         count += 1
-    host_s = (time.perf_counter() - start) / count
-    cached = streamed <= calibration["cache_bytes"]
-    host_bandwidth = calibration["cache_bandwidth"] if cached else calibration["bandwidth"]
+    return (time.perf_counter() - start) / count
+
+
+def rwkv_band(calibration: dict, progress=None) -> dict:
+    """How far an RWKV decode estimate lands from a measurement here, leave-one-shape-out: each of
+    RWKV_SHAPES x (fp32, int8, int4) is estimated from the bandwidth share the other shapes of its
+    quantization reached, and measured; {"ratio_p05", "ratio_p95", "median_error", "models",
+    "method"} of measured / estimated. Measured once per machine, kept with its calibration."""
+    if "rwkv_band" in calibration:
+        return calibration["rwkv_band"]
+    import tempfile
+
+    from edgewise.files import write_json
+    from edgewise.rwkv import RWKV
+    from edgewise.rwkv.synthetic import random_checkpoint
+    from edgewise.targets.calibrate import cache_path
+
+    if progress:
+        progress("measuring how far RWKV decode estimates land here (once, about 20 s)")
+    shares: dict[tuple[int, str], float] = {}   # (shape, quantization) -> share of the bandwidth decode reached
+    with tempfile.TemporaryDirectory(prefix="edgewise-rwkv-band-") as tmp:
+        for shape, (layers, width) in enumerate(RWKV_SHAPES):
+            checkpoint = random_checkpoint(Path(tmp) / f"{layers}x{width}.pth", layers=layers, width=width,
+                                           vocab=RWKV_VOCAB, ranks=(32, 32, 16, 64))
+            for quant in ("fp32", "int8", "int4"):
+                model = RWKV.load(checkpoint, quant=None if quant == "fp32" else quant)
+                streamed = model.weight_bytes
+                shares[shape, quant] = streamed / _decode_s(model, 0.3) / _host_bandwidth(streamed, calibration)
+    ratios = [float(np.median([v for (other, q), v in shares.items() if q == quant and other != shape])) / share
+              for (shape, quant), share in shares.items()]   # measured time / the time the others' share gives
+    band = {"ratio_p05": float(np.percentile(ratios, 5)), "ratio_p95": float(np.percentile(ratios, 95)),
+            "median_error": float(np.median(np.abs(np.array(ratios) - 1))), "models": len(ratios),
+            "method": f"leave-one-shape-out over {len(RWKV_SHAPES)} shapes x fp32/int8/int4 RWKV-7 decode on this machine"}
+    calibration["rwkv_band"] = band
+    write_json(cache_path(), calibration)   # atomic, like the calibration itself
+    return band
+
+
+def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, progress=None) -> dict:
+    """Decode tokens/s of an RWKV-7 file on `target`, an estimate: a token streams the model's weights
+    once (RWKV.weight_bytes), so it takes weight bytes / (bandwidth x the share of it decode reaches).
+    That share is measured here, decoding this model on this machine against its measured bandwidth
+    (the cache's when the weights fit in it), and carried over; a token is also at least its
+    multiply-adds / the target's peak. The band is how far the share carries from one model to
+    another here (rwkv_band)."""
+    from edgewise.rwkv import RWKV
+    from edgewise.targets.estimate import MEMORY_EFFICIENCY
+
+    chosen = load(target) if isinstance(target, str) else target
+    calibration = calibration_or_calibrate(progress)
+    band = rwkv_band(calibration, progress)
+    model = RWKV.load(path)
+    streamed = model.weight_bytes
+    host_s = _decode_s(model, seconds)
+    host_bandwidth = _host_bandwidth(streamed, calibration)
     share = streamed / host_s / host_bandwidth            # of the bandwidth decode reached here
     macs = streamed / {None: 4, "int8": 1, "int4": 0.5}.get(model.quant, 4)   # one multiply-add per weight
     if chosen.name == "host":
@@ -92,7 +145,10 @@ def predict_rwkv(path: str | Path, target: str | Target, seconds: float = 1.0, p
             "ms_per_token": seconds_per_token * 1e3, "energy_mj_per_token": chosen.power_active_w.value * seconds_per_token * 1e3,
             "power_w": chosen.power_active_w.value, "host_tokens_per_s": 1 / host_s, "bandwidth_share": share,
             "method": "weights streamed per token / (the target's bandwidth x the share decode reached on this machine)",
-            "estimate": {"latency_ms": seconds_per_token * 1e3, "low_ms": None, "high_ms": None,
+            "band": band,
+            "estimate": {"latency_ms": seconds_per_token * 1e3, "low_ms": seconds_per_token * 1e3 * band["ratio_p05"],
+                         "high_ms": seconds_per_token * 1e3 * band["ratio_p95"],
                          "energy_j": chosen.power_active_w.value * seconds_per_token,
                          "method": "estimate: one decode token's weight bytes / (the target's bandwidth x the share "
-                                   "of it decode reaches on this machine); no band measured for it"}}
+                                   "of it decode reaches on this machine); low/high hold 90% of the "
+                                   "leave-one-shape-out ratios measured here"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -16,6 +17,12 @@ from typing import Annotated, Optional
 if sys.argv[1:2] == ["serve"]:
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
+# Libraries that transformers and ExecuTorch pull in speak on import to every command's stderr: torchao
+# that its CUDA kernels do not load on a CPU, torch's pytree about a deprecated registration. Nothing
+# a user can act on; real errors still show.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 import typer
 from typer.exceptions import TyperException

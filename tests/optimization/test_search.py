@@ -35,7 +35,7 @@ def test_choose_best_feasible_on_the_objective():
     trials = [record(0, 0.99, 1.0, 100, 0.0, {"max_drop": -1.0}),
               record(1, 0.985, 0.4, 50, 0.5, {"max_drop": -0.5}),
               record(2, 0.90, 0.1, 10, 9.0, {"max_drop": 8.0})]
-    chosen, met, message = choose(trials, "latency")
+    chosen, met, message = choose(trials, "latency", Constraints(max_drop=1.0))
     assert chosen.number == 1 and met and message == ""
     assert [t.number for t in pareto(trials, "latency")] == [2, 1, 0]
 
@@ -43,9 +43,9 @@ def test_choose_best_feasible_on_the_objective():
 def test_choose_returns_closest_and_names_the_failed_constraint():
     trials = [record(0, 0.99, 1.0, 100, 0.0, {"max_drop": -1.0, "max_size_mb": 2.0}),
               record(1, 0.95, 0.5, 50, 4.0, {"max_drop": 3.0, "max_size_mb": 0.5})]
-    chosen, met, message = choose(trials, "latency")
+    chosen, met, message = choose(trials, "latency", Constraints(max_drop=1.0, max_size_mb=1.0))
     assert not met and chosen.number == 0  # total excess 2.0 MB against 3 points + 0.5 MB
-    assert "--max-size-mb failed for every candidate" in message and "r0 (max-size-mb exceeded by 2" in message
+    assert "--max-size-mb failed for every candidate" in message and "r0 (size 3 MB > --max-size-mb 1)" in message
 
 
 def test_constraints_that_contradict_or_make_no_sense_are_refused():
@@ -248,3 +248,21 @@ def test_target_constraints_are_checked_up_front():
         Constraints(target="toaster")
     with pytest.raises(EdgewiseError, match="--max-ram-mb is RAM on a device: give --target"):
         Constraints(max_ram_mb=64)
+
+
+def test_a_latency_budget_on_the_pi_changes_the_choice_on_digits(tmp_path):
+    """The same digits search judged on raspberry-pi-5 estimates: the dynamic-int8 candidates, fast
+    enough here, are over 1 ms there, so the budget binds and the smallest model differs."""
+    from edgewise.examples import load_example
+    from edgewise.optimization.report import render_markdown
+
+    settings = SearchSettings(objective="size", trials=8, time_budget_min=3, trial_seconds=0.1)
+    result = optimize(load_example("digits"), Constraints(target="raspberry-pi-5", max_latency_ms=1.0), settings,
+                      final_seconds=0.2, workdir=tmp_path / "work")
+    assert result.chosen.recipe != result.without_target   # this machine's measurements pick another model
+    assert result.on_target[result.chosen.recipe]["latency_ms"] <= 1.0
+    host_pick = next(t for t in result.trials if t.recipe == result.without_target)
+    assert host_pick.figures.latency_ms.p50 <= 1.0 < result.on_target[host_pick.recipe]["latency_ms"]
+    report = render_markdown(result)
+    assert "the device's budget is what changed the choice" in report
+    assert f"| estimated latency on raspberry-pi-5 {result.on_target[host_pick.recipe]['latency_ms']:.3g} ms > --max-latency-ms 1 |" in report

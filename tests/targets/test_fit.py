@@ -74,6 +74,10 @@ def test_what_does_not_fit_names_the_region_and_by_how_much(tmp_path):
     [problem] = result.problems
     assert problem.startswith("ram: the activations arena needs 1.05 MB in one block") and "AXI SRAM" in problem
     assert "short" in problem and fit(tmp_path / "model.onnx", load("raspberry-pi-5")).fits
+    # what the model needs still counts: the arena that found no block, beside what was placed
+    assert [(m, p.what) for m, p in result.unplaced] == [("ram", "activations arena")]
+    arena = result.figures["activations_peak_bytes"]
+    assert result.used("ram") == arena + 16384 and result.to_json()["ram_bytes"] == arena + 16384
 
 
 def test_an_rwkv_file_counts_its_weights_and_its_state(tmp_path):

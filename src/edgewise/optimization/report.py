@@ -176,7 +176,7 @@ def _target_section(result: OptimizeResult) -> tuple[str, list[str], list[list[s
         if not e:
             continue
         why = ("chosen" if candidate.name == result.chosen.recipe else
-               ", ".join(f"{k.replace('_', '-')} exceeded by {v:.3g}" for k, v in trial.violations.items() if v > 0)
+               c.exceeded(trial.violations)
                if trial else "not a search candidate")
         rows.append([candidate.name, "yes", f"{e['latency_ms']:.3f}", f"{e['energy_mj']:.4f}",
                      f"{e['ram_bytes'] / 2**20:.3f}", f"{e['flash_bytes'] / 2**20:.3f}",

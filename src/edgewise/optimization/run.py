@@ -78,7 +78,7 @@ class OptimizeResult:
                 f"{self.constraints.tolerance}; the validation split may not stand for the data the model will see")
 
 
-def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool, str]:
+def choose(trials: list[TrialRecord], objective: str, constraints: Constraints) -> tuple[TrialRecord, bool, str]:
     """The best on the objective among trials within every constraint; else the closest, saying
     which constraint failed."""
     feasible = [t for t in trials if t.feasible]
@@ -86,7 +86,7 @@ def choose(trials: list[TrialRecord], objective: str) -> tuple[TrialRecord, bool
         best = min(feasible, key=lambda t: (t.objective(objective), -t.metric))
         return best, True, ""
     closest = min(trials, key=lambda t: sum(max(0.0, v) / _scale(k) for k, v in t.violations.items()))
-    failed = ", ".join(f"{k.replace('_', '-')} exceeded by {v:.3g}" for k, v in closest.violations.items() if v > 0)
+    failed = constraints.exceeded(closest.violations)
     always = [k for k in closest.violations if all(t.violations[k] > 0 for t in trials)]
     reason = f"{' and '.join('--' + k.replace('_', '-') for k in always)} failed for every candidate; " if always else ""
     return closest, False, f"no candidate met every constraint: {reason}returning the closest, {closest.recipe} ({failed})"
@@ -98,7 +98,7 @@ def _without_target(trials: list[TrialRecord], constraints: Constraints, objecti
     host = dataclasses.replace(constraints, target=None, max_ram_mb=None)
     judged = [dataclasses.replace(t, details={k: v for k, v in t.details.items() if k != "target"},
                                   violations=host.violations(t.drop, t.figures)) for t in trials]
-    picked, met, _ = choose(judged, objective)
+    picked, met, _ = choose(judged, objective, host)
     return f"{picked.recipe}{'' if met else ' (the closest: none met every constraint)'}"
 
 
@@ -169,7 +169,7 @@ def optimize(task: Task, constraints: Constraints | None = None, settings: Searc
                             "edgewise optimize --study on it first")
     if not trials:
         trials = [searcher.evaluate({"depth": 1.0, "prune": 0.0, "quant": "fp32"}, -1)]
-    chosen, met, message = choose(trials, settings.objective)
+    chosen, met, message = choose(trials, settings.objective, constraints)
     front = [t for t in pareto(trials, settings.objective) if t.recipe != chosen.recipe][:3]
     finalists = [searcher.baseline, _peer(searcher), _candidate(searcher, chosen),
                  *[_candidate(searcher, t) for t in front if t.recipe != "baseline"]]

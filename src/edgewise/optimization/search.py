@@ -95,6 +95,21 @@ class Constraints:
             found["max_ram_mb"] = on_target["ram_bytes"] / 2**20 - self.max_ram_mb
         return found
 
+    def exceeded(self, violations: dict[str, float]) -> str:
+        """The constraints `violations` breaks, each with its bound and by how much, e.g.
+        "estimated latency on raspberry-pi-5 1.32 ms > --max-latency-ms 0.2"."""
+        where = f"estimated {{}} on {self.target}" if self.target else "{}"
+        parts = []
+        for name, excess in violations.items():
+            if excess <= 0:
+                continue
+            bound = getattr(self, name)
+            what, unit = {"max_drop": ("metric drop", " points" if not self.relative else "%"),
+                          "max_size_mb": ("size", " MB"), "max_latency_ms": (where.format("latency"), " ms"),
+                          "max_ram_mb": (where.format("RAM"), " MB")}.get(name, (name, ""))
+            parts.append(f"{what} {bound + excess:.3g}{unit} > --{name.replace('_', '-')} {bound:g}")
+        return ", ".join(parts)
+
 
 @dataclass
 class SearchSettings:

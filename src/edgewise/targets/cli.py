@@ -137,6 +137,8 @@ def _print_fit(result) -> None:
               f"{_human(r.headroom)} ({share:.0%})  [{parts}]")
     for problem in result.problems:
         print(f"  does not fit: {problem}")
+    if result.unplaced:
+        print(f"  needs in all: flash {_human(result.used('flash'))}, RAM {_human(result.used('ram'))}")
 
 
 @app.command()

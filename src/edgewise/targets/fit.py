@@ -51,14 +51,17 @@ class Fit:
     regions: list[RegionUse]
     problems: list[str]          # one line per piece that found no region, with by how much
     figures: dict                # weights, file size, activations, runtime, what the shapes were
+    unplaced: list[tuple[str, Piece]] = field(default_factory=list)   # (memory, piece) that found no region
 
     def used(self, memory: str) -> int:
-        """Bytes placed in `memory` ("flash" or "ram"), over its regions."""
-        return sum(p.bytes for r in self.regions if r.memory == memory for p in r.pieces)
+        """Bytes the model needs in `memory` ("flash" or "ram"): placed in its regions or not."""
+        return (sum(p.bytes for r in self.regions if r.memory == memory for p in r.pieces)
+                + sum(p.bytes for m, p in self.unplaced if m == memory))
 
     def to_json(self) -> dict:
         return {"model": self.model, "target": self.target, "fits": self.fits, "problems": self.problems,
                 "flash_bytes": self.used("flash"), "ram_bytes": self.used("ram"), "figures": self.figures,
+                "unplaced": [{"memory": m, "what": p.what, "bytes": p.bytes} for m, p in self.unplaced],
                 "regions": [{"memory": r.memory, "region": r.region, "capacity_bytes": r.capacity,
                              "used_bytes": r.used, "headroom_bytes": r.headroom,
                              "pieces": [{"what": p.what, "bytes": p.bytes} for p in r.pieces]}
@@ -72,10 +75,10 @@ def human(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _place(memory: str, regions, pieces: list[Piece]) -> tuple[list[RegionUse], list[str]]:
-    """First fit, largest piece first, each piece within one region."""
+def _place(memory: str, regions, pieces: list[Piece]) -> tuple[list[RegionUse], list[str], list[tuple[str, Piece]]]:
+    """First fit, largest piece first, each piece within one region; the pieces that fit none."""
     uses = [RegionUse(memory, r.name, int(r.bytes.value)) for r in regions]
-    problems = []
+    problems, unplaced = [], []
     for piece in sorted(pieces, key=lambda p: -p.bytes):
         room = sorted(uses, key=lambda u: -u.headroom)
         if piece.bytes <= room[0].headroom:
@@ -86,7 +89,8 @@ def _place(memory: str, regions, pieces: list[Piece]) -> tuple[list[RegionUse], 
         problems.append(f"{memory}: the {piece.what} needs {human(piece.bytes)} in one block; the roomiest {memory} "
                         f"region, {best.region} ({human(best.capacity)}{used}), is {human(piece.bytes - best.headroom)} "
                         "short")
-    return uses, problems
+        unplaced.append((memory, piece))
+    return uses, problems, unplaced
 
 
 def fit(model: str | Path, target: Target) -> Fit:
@@ -104,13 +108,13 @@ def fit(model: str | Path, target: Target) -> Fit:
     if target.weights_in == "ram":
         ram_pieces.append(Piece("weights", figures.get("weights_as_run_bytes", weights)))
     ram_pieces.append(Piece("runtime memory", int(target.runtime_ram.value)))
-    flash_uses, flash_problems = _place("flash", target.flash, [Piece("model file (weights)", weights),
+    flash_uses, flash_problems, flash_out = _place("flash", target.flash, [Piece("model file (weights)", weights),
                                                                   Piece("runtime code", int(target.runtime_flash.value))])
-    ram_uses, ram_problems = _place("ram", target.ram, ram_pieces)
+    ram_uses, ram_problems, ram_out = _place("ram", target.ram, ram_pieces)
     problems = flash_problems + ram_problems
     figures.update({"runtime_flash_bytes": int(target.runtime_flash.value),
                     "runtime_ram_bytes": int(target.runtime_ram.value), "weights_in": target.weights_in})
-    return Fit(str(model), target.name, not problems, flash_uses + ram_uses, problems, figures)
+    return Fit(str(model), target.name, not problems, flash_uses + ram_uses, problems, figures, flash_out + ram_out)
 
 
 def _onnx(path: Path) -> tuple[int, dict, list[Piece]]:

@@ -93,8 +93,14 @@ def bench(
         results = run_bench(targets, settings)
         estimates = _on_target(targets, target) if target else None
     if as_json:
-        print(json.dumps({**bench_json(targets, results, settings), **({"on_target": estimates} if estimates else {})},
-                         indent=2))
+        out = bench_json(targets, results, settings)
+        if estimates:   # each batch-1 result carries its model's estimate on the target beside what was measured
+            by_model = {e["model"]: e for e in estimates}
+            for r in out["results"]:
+                if r["batch"] == 1 and r["model"] in by_model:
+                    r["estimate"] = {"target": target, **by_model[r["model"]]["estimate"]}
+            out["on_target"] = estimates
+        print(json.dumps(out, indent=2))
     else:
         bench_table(targets, results, settings)
         if estimates:

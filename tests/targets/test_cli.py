@@ -87,6 +87,8 @@ def test_bench_adds_the_estimates_on_a_target(calibrated, model, capsys):
     assert row["fits"] and row["estimated"] and row["latency_ms"] > 0 and row["band"]["models"] == 10
     assert set(row["estimate"]) == ESTIMATE_KEYS and 0 < row["estimate"]["low_ms"] <= row["estimate"]["high_ms"]
     assert row["flash_bytes"] > 64 * 64 * 4 and row["ram_bytes"] > 0 and row["regions"]
+    [result] = report["results"]   # the measured result carries the same estimate, naming the device
+    assert result["estimate"] == {"target": "stm32h743", **row["estimate"]}
     assert main(["bench", str(model), "--target", "toaster"]) == 2
 
 

@@ -88,6 +88,30 @@ def test_the_state_cache_resumes_the_longest_cached_text_and_counts_its_bytes(mo
     assert cache.evict_one() == entry and cache.bytes == 0 and cache.evict_one() == 0
 
 
+def test_the_state_cache_never_takes_more_than_the_budget_has_left(model):
+    _, state = model.forward([1, 2, 3], use_cache=False)
+    logits, _ = model.forward([4], state, use_cache=False)
+    entry = state.size_bytes + logits.nbytes
+    others = 3 * entry   # what the rest of the server holds, against a budget of 5.5 entries
+    cache = StateCache(room=lambda: int(5.5 * entry) - others - cache.bytes)
+    for i in range(4):
+        cache.put(f"turn {i}", state, logits, 3)
+        assert others + cache.bytes <= 5.5 * entry
+    assert len(cache) == 2 and cache.longest("turn 3")[0] == "turn 3" and cache.longest("turn 1")[0] == ""
+    others = 5 * entry   # no room even when empty: the state is not kept
+    cache.put("turn 4", state, logits, 3)
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_a_submitted_stream_counts_its_state_before_it_joins_the_batch(model):
+    batcher = Batcher(model, world_tokenizer(), StateCache())
+    batcher.stream_bytes = 1000
+    batcher._closing = True   # no thread takes the stream: it stays submitted
+    batcher._thread.join()
+    batcher.submit(Stream(Request("Hi", 4, Sampling(temperature=0)), None))
+    assert batcher.batch_bytes == 1000
+
+
 def test_a_cancelled_stream_leaves_at_the_next_token(model):
     tokenizer = world_tokenizer()
     batcher = Batcher(model, tokenizer, StateCache())

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from edgewise.serve import pool as pool_module
-from edgewise.serve.pool import ModelPool, ModelTooLarge
+from edgewise.serve.pool import ModelPool, ModelTooLarge, PoolBusy
 
 MiB = 2**20
 
@@ -149,6 +149,21 @@ def test_grown_state_is_shed_before_any_model_and_keep_alive_unloads_idle_models
             await asyncio.sleep(0.1)
         reaper.cancel()
         assert pool.resident == {}
+    run(main())
+
+
+def test_room_for_a_stream_sheds_idle_models_and_is_refused_when_all_are_busy(folder):
+    async def main():
+        pool = ModelPool(folder, 100 * MiB)
+        a, _ = await pool.acquire("a")
+        b, _ = await pool.acquire("b")
+        c, _ = await pool.acquire("c")
+        pool.release(b)
+        pool.make_room(a, 20 * MiB)   # b is idle: it goes
+        assert set(pool.resident) == {"a", "c"} and pool.free_bytes() == 40 * MiB
+        with pytest.raises(PoolBusy, match="no room for another stream of a"):
+            pool.make_room(a, 50 * MiB)   # a and c are busy
+        assert set(pool.resident) == {"a", "c"}
     run(main())
 
 

@@ -200,6 +200,11 @@ class Server:
         if not isinstance(prompt, str):   # rendered against this model's cached states
             generation.prompt = chat_prompt(prompt, resident.runner.cache.read_beyond)
         stream = Stream(generation, asyncio.get_running_loop())
+        try:
+            self.pool.make_room(resident, resident.runner.stream_bytes)
+        except PoolBusy:
+            await context.__aexit__(None, None, None)
+            raise
         resident.runner.submit(stream)
 
         def chunk(text: str | None, finish: str | None) -> dict:

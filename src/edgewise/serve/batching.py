@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -43,10 +44,14 @@ class StateCache:
     sends a conversation back as text, and the tokens of a concatenation need not be the tokens of
     its parts; the new text after the longest cached prefix is tokenized on its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: Callable[[], int] | None = None) -> None:
         self._entries: OrderedDict[str, tuple[RWKVState, np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
+        # The bytes the server's budget has left (set by the pool): a new state that would pass it
+        # evicts older ones first, and is not kept if it still does not fit. The budget holds while
+        # a generation runs, not only once the pool checks it again at the request's end.
+        self.room = room
 
     def longest(self, text: str) -> tuple[str, RWKVState | None, np.ndarray | None, int]:
         """(key, a copy of its state, its logits, its tokens) for the longest cached prefix of `text`."""
@@ -68,6 +73,12 @@ class StateCache:
         with self._lock:
             if text in self._entries:
                 self.bytes -= _entry_bytes(self._entries.pop(text))
+            need = state.size_bytes + logits.nbytes
+            if self.room is not None:
+                while self._entries and self.room() < need:
+                    self.bytes -= _entry_bytes(self._entries.popitem(last=False)[1])
+                if self.room() < need:
+                    return
             entry = self._entries[text] = (state.copy(), logits.copy(), tokens)
             self.bytes += _entry_bytes(entry)
             while len(self._entries) > STATE_ENTRIES:
@@ -131,17 +142,22 @@ class Batcher:
         self.steps = 0
         self.streams_per_step = 0   # summed: / steps = the mean batch
         self._outbox: list[tuple[Stream, str, object]] = []   # what a step produced, handed over at once
+        self._pending, self._pending_lock = 0, threading.Lock()
+        self.stream_bytes = 0   # one stream's state and logits (set by the runner once it has run one)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="edgewise-rwkv-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, stream: Stream) -> None:
+        with self._pending_lock:
+            self._pending += 1
         self.incoming.put(stream)
 
     @property
     def batch_bytes(self) -> int:
+        """The live streams' states, counting those submitted but not yet in the batch at one state each."""
         batch = self.batch
-        return batch.size_bytes if batch is not None else 0
+        return (batch.size_bytes if batch is not None else 0) + self._pending * self.stream_bytes
 
     def close(self) -> None:
         self._closing = True
@@ -169,12 +185,14 @@ class Batcher:
             except queue.Empty:
                 return
             wait = False
-            if stream.cancelled:
-                continue
             try:
-                self._prefill(stream)
+                if not stream.cancelled:
+                    self._prefill(stream)
             except EdgewiseError as exc:   # this request's own problem (text that is not UTF-8): its answer only
                 self._emit(stream, "error", (400, str(exc)))
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
             self._flush()   # its first token now, not after the other prefills
 
     def _emit(self, stream: Stream, kind: str, value) -> None:

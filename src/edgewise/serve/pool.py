@@ -159,7 +159,19 @@ class ModelPool:
         return self.catalog[model_id]
 
     def resident_bytes(self) -> int:
-        return sum(r.bytes for r in self.resident.values() if r.runner is not None)
+        # list() first: a batcher thread asks too (StateCache.room), while the event loop may change the dict
+        return sum(r.bytes for r in list(self.resident.values()) if r.runner is not None)
+
+    def free_bytes(self) -> int:
+        """What the budget has left, after the resident models and the room kept for a load."""
+        return self.budget - self.resident_bytes() - self._reserved
+
+    def make_room(self, r: Resident, need: int) -> None:
+        """Room for `need` more bytes of `r` (a stream's state), or PoolBusy: the budget holds while
+        the stream runs."""
+        if not self._make_room(need, keep=r.model.id):
+            raise PoolBusy(f"no room for another stream of {r.model.id} ({need / 2**20:.1f} MiB of state): the "
+                           "models that would have to be unloaded are busy")
 
     @property
     def reserved_bytes(self) -> int:
@@ -258,6 +270,8 @@ class ModelPool:
                 if high is not None:
                     self.peaks[model.id] = max(high - before, measured)
                 r.runner, r.measured, r.loaded_at = runner, measured, time.monotonic()
+                if hasattr(runner, "cache"):
+                    runner.cache.room = self.free_bytes
                 self.estimates[model.id] = measured
                 self.loads += 1
                 if self.metrics:

@@ -143,6 +143,7 @@ class RWKVRunner:
         self.model.forward([END_OF_TEXT], state, use_cache=False)
         self.cache = StateCache()
         self.batcher = Batcher(self.model, self.tokenizer, self.cache)
+        self.batcher.stream_bytes = self.stream_bytes = state.size_bytes + logits.nbytes
 
     @property
     def nominal_bytes(self) -> int:

@@ -82,12 +82,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, models: Path, *flags: str, key: str | None = KEY, startup_s: float = 60) -> None:
+    def __init__(self, models: Path, *flags: str, key: str | None = KEY, startup_s: float = 60,
+                 env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
         auth = ["--api-key", key] if key else ["--no-auth"]
-        env = {**os.environ, "EDGEWISE_API_KEY": ""}
+        env = {**os.environ, "EDGEWISE_API_KEY": "", **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "serve", str(models), "--port",
                                          str(self.port), "--threads", "2", *auth, *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,45 @@ def on_ray(models_dir):
                startup_s=180)
     yield s
     assert s.stop() == 0
+
+
+def test_serve_joins_an_existing_cluster_and_leaves_it_running(models_dir, tmp_path):
+    """`--ray-address`: a cluster someone else started (`ray start --head`, with token authentication,
+    as Ray >= 2.59 starts one once a token exists); on SIGTERM edgewise takes down its own application
+    only. Runs before the module's local cluster starts: one Ray at a time."""
+    import os
+    import secrets
+
+    from tests.serve.conftest import free_port
+
+    ray = [str(Path(sys.executable).parent / "ray")]
+    port = free_port()
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    started = subprocess.run([*ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, **token})
+    assert started.returncode == 0, started.stderr
+    address = f"127.0.0.1:{port}"
+    try:
+        no_token = subprocess.run([sys.executable, "-m", "edgewise.cli", "serve", str(models_dir), "--no-auth",
+                                   "--ray-address", address], capture_output=True, text=True, timeout=180,
+                                  env={k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")})
+        assert no_token.returncode == 2 and "set RAY_AUTH_MODE=token" in no_token.stderr, no_token.stderr
+        assert no_token.stderr.count("\n") == 1 and "Traceback" not in no_token.stderr
+
+        s = Server(models_dir, "--ray-address", address, "--replicas", "1", "--memory-budget", str(BUDGET),
+                   "--grace", "5s", startup_s=180, env=token)
+        try:
+            text = s.openai().completions.create(model="chat", prompt=PROMPT, max_tokens=4,
+                                                 temperature=0).choices[0].text
+            assert text and _replicas(s, 1)
+        finally:
+            assert s.stop() == 0
+        status = subprocess.run([*ray, "status", "--address", address], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **token})
+        assert status.returncode == 0, status.stderr   # the cluster is still up
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def _replicas(server, at_least: int = 0) -> dict:

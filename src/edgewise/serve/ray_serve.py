@@ -15,6 +15,7 @@ bytes against the budget) to a named ledger actor; `GET /ray/replicas` on the in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -227,6 +228,26 @@ def _check_reachable(address: str) -> None:
                             "address of a running Ray cluster (ray start --head prints it)") from None
 
 
+@contextlib.contextmanager
+def _stderr_kept():
+    """Keep what this process (C++ included) writes to stderr; yields a function returning it."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+") as kept:
+        os.dup2(kept.fileno(), 2)
+        text = []
+        try:
+            yield lambda: "".join(text)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            text.append(kept.read())
+
+
 def run(settings, host: str, port: int, replicas: int, address: str | None, grace_s: float) -> None:
     """Start (or join, with `address`) a Ray cluster, deploy, serve until SIGINT/SIGTERM."""
     try:
@@ -241,12 +262,24 @@ def run(settings, host: str, port: int, replicas: int, address: str | None, grac
     scan(settings.models_dir)   # a missing or empty folder: one line here, not a failed deployment in Ray
     if address:
         _check_reachable(address)
-    try:
-        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, configure_logging=True)
-    except Exception as exc:   # no cluster at the address, a port taken, ...
+    with _stderr_kept() as said:   # Ray's C++ client logs each failed attempt to connect, a line a second
+        try:
+            ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False, configure_logging=True)
+            failure = None
+        except Exception as exc:   # no cluster at the address, a port taken, a token it wants, ...
+            failure = str(exc).splitlines()[0]
+    if failure:
+        hint = ""
+        if "InvalidAuthToken" in said() or "AuthenticationError" in failure:
+            # Ray >= 2.59 starts a cluster with token authentication once ~/.ray/auth_token exists, and
+            # sends no token to an address given explicitly unless told to
+            hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and its token in "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token (ray get-auth-token prints it on the head node)")
         raise EdgewiseError(f"--ray{' --ray-address ' + address if address else ''}: cannot start or reach "
-                            f"the cluster ({str(exc).splitlines()[0]})") from None
+                            f"the cluster ({failure}){hint}")
+    elif said().strip():
+        print(said().rstrip(), file=sys.stderr)
     serve.start(http_options={"host": host, "port": port}, detached=False)
     serve.run(deployments(settings, replicas, grace_s), name=APP, route_prefix="/")
     print(f"edgewise serve: {settings.models_dir} on http://{host}:{port} through Ray Serve, {replicas} "

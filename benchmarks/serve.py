@@ -308,7 +308,7 @@ def traffic(folder: Path, minutes: float, clients: int, console: Console) -> dic
         while not stop.is_set():
             peak[0] = max(peak[0], server.rss)
             ticks += 1
-            if ticks % 10 == 0 and os.environ.get("EDGEWISE_BENCH_TRACE"):
+            if os.environ.get("EDGEWISE_BENCH_TRACE"):
                 listed = httpx.get(server.url + "/v1/models", headers=server.headers, timeout=30).json()
                 unaccounted.append(((server.rss - listed["resident_bytes"] - listed["reserved_bytes"]) / 2**20,
                                     listed["resident_bytes"] / 2**20, listed["reserved_bytes"] / 2**20,
@@ -438,6 +438,10 @@ def main() -> None:
                       "adds_up", "exit_code"):
                 t.add_row(k, f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]))
             console.print(t)
+            if r.get("unaccounted_mib"):   # EDGEWISE_BENCH_TRACE=1: the samples where RSS ran furthest past the models
+                for row in sorted(r["unaccounted_mib"], key=lambda u: -u[0])[:8]:
+                    console.print(f"  RSS - resident - reserved = {row[0]} MiB (resident {row[1]}, reserved {row[2]}): "
+                                  f"{row[3]}")
             errors = {k: v for k, v in r["statuses"].items() if k not in ("200", "503")}
             over = r["peak_mib"] - r["baseline_mib"]
             checks.append(("no errors but intended 503s", not errors, str(errors or "none")))

@@ -42,7 +42,9 @@ class Sampler:
     def __init__(self, settings: Sampling, vocab: int) -> None:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
-        self.counts = np.zeros(vocab, np.float64)
+        # occurrence counts, only where a penalty reads them: a vocabulary of doubles (512 KB at 65536)
+        # for each live stream of a server otherwise
+        self.counts = np.zeros(vocab, np.float64) if settings.presence_penalty or settings.frequency_penalty else None
 
     def __call__(self, logits: np.ndarray) -> int:
         s = self.settings

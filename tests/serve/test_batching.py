@@ -105,7 +105,7 @@ def test_the_state_cache_never_takes_more_than_the_budget_has_left(model):
 
 def test_a_submitted_stream_counts_its_state_before_it_joins_the_batch(model):
     batcher = Batcher(model, world_tokenizer(), StateCache())
-    batcher.stream_bytes = 1000
+    batcher.stream_bytes, batcher.work_bytes = 1000, 600
     batcher._closing = True   # no thread takes the stream: it stays submitted
     batcher._thread.join()
     batcher.submit(Stream(Request("Hi", 4, Sampling(temperature=0)), None))

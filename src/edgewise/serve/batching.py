@@ -143,7 +143,10 @@ class Batcher:
         self.streams_per_step = 0   # summed: / steps = the mean batch
         self._outbox: list[tuple[Stream, str, object]] = []   # what a step produced, handed over at once
         self._pending, self._pending_lock = 0, threading.Lock()
-        self.stream_bytes = 0   # one stream's state and logits (set by the runner once it has run one)
+        # Set by the runner once it has run one: what a live stream holds besides its row of the batch's
+        # states (its logits, the sampler's vocabulary-sized arrays, its state again while the batch is
+        # rebuilt as streams join and leave), and all of it with the state, for a stream not yet in the batch.
+        self.work_bytes = self.stream_bytes = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="edgewise-rwkv-batcher", daemon=True)
         self._thread.start()
@@ -155,9 +158,11 @@ class Batcher:
 
     @property
     def batch_bytes(self) -> int:
-        """The live streams' states, counting those submitted but not yet in the batch at one state each."""
+        """What the live streams hold: the batch's states and each stream's working memory, and those
+        submitted but not yet in the batch at a whole stream each."""
         batch = self.batch
-        return (batch.size_bytes if batch is not None else 0) + self._pending * self.stream_bytes
+        return ((batch.size_bytes if batch is not None else 0) + len(self.active) * self.work_bytes
+                + self._pending * self.stream_bytes)
 
     def close(self) -> None:
         self._closing = True

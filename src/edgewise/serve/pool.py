@@ -267,8 +267,8 @@ class ModelPool:
                 r.load_seconds = time.perf_counter() - started
                 measured = max(psutil.Process().memory_info().rss - before, runner.nominal_bytes)
                 high = _peak_rss()
-                if high is not None:
-                    self.peaks[model.id] = max(high - before, measured)
+                if high is not None:   # the largest seen: a load's peak varies with what the heap has free
+                    self.peaks[model.id] = max(self.peaks.get(model.id, 0), high - before, measured)
                 r.runner, r.measured, r.loaded_at = runner, measured, time.monotonic()
                 if hasattr(runner, "cache"):
                     runner.cache.room = self.free_bytes

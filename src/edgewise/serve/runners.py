@@ -143,7 +143,10 @@ class RWKVRunner:
         self.model.forward([END_OF_TEXT], state, use_cache=False)
         self.cache = StateCache()
         self.batcher = Batcher(self.model, self.tokenizer, self.cache)
-        self.batcher.stream_bytes = self.stream_bytes = state.size_bytes + logits.nbytes
+        # a stream's working memory beyond its state: its logits, the sampler's probabilities (float32)
+        # and running sums (float64) over the vocabulary, and a copy of its state while the batch is rebuilt
+        self.batcher.work_bytes = logits.nbytes * 4 + state.size_bytes
+        self.batcher.stream_bytes = self.stream_bytes = self.batcher.work_bytes + state.size_bytes
 
     @property
     def nominal_bytes(self) -> int:

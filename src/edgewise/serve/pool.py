@@ -102,7 +102,7 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 512 << 10) -> None:
         pass
 
 
-TRIM_EVERY = 1.0   # seconds: the least time between two trims of the heap
+TRIM_EVERY = 0.25   # seconds: the least time between two trims of the heap
 _last_trim = 0.0
 
 

@@ -280,15 +280,18 @@ def run(settings, host: str, port: int, replicas: int, address: str | None, grac
                             f"the cluster ({failure}){hint}")
     elif said().strip():
         print(said().rstrip(), file=sys.stderr)
+    import signal
+    import threading
+
+    # ray.init installs a SIGTERM handler that exits with status 15 on the spot; ours goes in now, before the
+    # deployment, because Ray's proxy can answer /health before serve.run returns: a SIGTERM then must still
+    # take the clean way out below (delete the application, exit 0), not Ray's.
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     serve.start(http_options={"host": host, "port": port}, detached=False)
     serve.run(deployments(settings, replicas, grace_s), name=APP, route_prefix="/")
     print(f"edgewise serve: {settings.models_dir} on http://{host}:{port} through Ray Serve, {replicas} "
           f"replica(s), each with budget {settings.budget} bytes", file=sys.stderr, flush=True)
-    import signal
-    import threading
-
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
         while not stop:
             time.sleep(0.2)

@@ -1063,20 +1063,26 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
  * tiles. A block of 4 tokens x 2 rows is kept in registers, so each weight load serves 4 tokens and
  * each activation load 2 rows. Which of this and the fp32 GEMM a prefill uses is measured at run
  * time (quant.prefill_gemm): this wins on x86 (AVX2 maddubs), the scalar form below does not. */
-typedef struct { const int8_t *q; const float *scale; const int32_t *sum; int64_t groups; } q8_rows;
+typedef struct { const int8_t *q; const float *scale; const int32_t *sum; const float *shift; int64_t groups, tokens; } q8_rows;
+
+/* Group-major: group g of token t at q + (g x tokens + t) x 64, its scale and sum at [g x tokens + t],
+ * so that a block's tokens sit at fixed offsets from one pointer per group (token-major, each token's
+ * address took a register of its own: 8 tokens spilled them). shift [t]: 128 x the sum over groups of
+ * scale x sum, what unsigned int8 weights (w + 128) add to token t's products, the same for every row. */
+static inline int64_t q8_at(q8_rows x, int64_t t, int64_t g) { return g * x.tokens + t; }
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
 #define EW_GEMM_Q8_SIMD 1
 #ifdef EW_INT4_VNNI
 #define Q8_TOKENS 8   /* tokens in a block: each weight load and its offset serve 8 streams */
 /* AVX512-VNNI: one vpdpbusd per group of 64 products (unsigned x signed bytes, summed in fours),
- * where AVX2 takes six instructions. int8 rows: the signed inputs become unsigned (x + 128, an xor)
- * and each lane's accumulator starts at minus 128 x the sum of its four weights, so the lane sums
- * are exactly those of x x w. int4 rows: unsigned nibbles x signed inputs; the -8 offset, 8 x the
- * group's sum of q, starts lane 0. */
+ * where AVX2 takes six instructions. int8 rows: the weights become unsigned (w + 128, an xor, once
+ * for all tokens), and what the 128 adds, the same for every row, comes off each token's total at the
+ * end (x.shift): per token and row, a group costs vpdpbusd, a conversion and an FMA, nothing else.
+ * int4 rows: unsigned nibbles x signed inputs; the -8 offset, 8 x the group's sum of q, starts lane 0. */
 static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
                                                                 int64_t t0, int nt, float *y, int int4) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F);
     const int64_t cols = m->cols, G = x.groups, rows = m->rows;
     const float *wscale = m->scale, *xscale = x.scale;
     const int32_t *xsum = x.sum;
@@ -1085,13 +1091,12 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
     __m512 acc[Q8_TOKENS][2];   /* 16 of the 32 registers */
     for (int t = 0; t < Q8_TOKENS; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
-        __m512i w[2], base[2];
+        __m512i w[2];
         __m512 ws[2];
         for (int r = 0; r < nr; r++) {
             if (!int4) {
                 _mm_prefetch((const char *)(w8 + r * cols + g * GROUP) + PREFETCH, _MM_HINT_T0);
-                w[r] = _mm512_loadu_si512(w8 + r * cols + g * GROUP);
-                base[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, w[r]));
+                w[r] = _mm512_xor_si512(_mm512_loadu_si512(w8 + r * cols + g * GROUP), flip);
             } else {   /* nibbles of inputs 0..31 (low) and 32..63 (high), in input order */
                 _mm_prefetch((const char *)(w4 + r * cols / 2 + g * 32) + PREFETCH, _MM_HINT_T0);
                 __m256i d = _mm256_loadu_si256((const __m256i *)(w4 + r * cols / 2 + g * 32));
@@ -1099,15 +1104,16 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
                 ws[r] = _mm512_set1_ps(wscale[(r0 + r) * G + g]);
             }
         }
+        const int64_t at = q8_at(x, t0, g);
         for (int t = 0; t < nt; t++) {
-            __m512i xv = _mm512_loadu_si512(xq + (t0 + t) * cols + g * GROUP);
-            __m512 xs = _mm512_set1_ps(xscale[(t0 + t) * G + g]);
+            __m512i xv = _mm512_loadu_si512(xq + (at + t) * GROUP);
+            __m512 xs = _mm512_set1_ps(xscale[at + t]);
             if (!int4) {
-                __m512i xu = _mm512_xor_si512(xv, flip);
                 for (int r = 0; r < nr; r++)
-                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(base[r], xu, w[r])), xs, acc[t][r]);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], xv)),
+                                                xs, acc[t][r]);
             } else {
-                __m512i offset = _mm512_maskz_set1_epi32(1, -8 * xsum[(t0 + t) * G + g]);
+                __m512i offset = _mm512_maskz_set1_epi32(1, -8 * xsum[at + t]);
                 for (int r = 0; r < nr; r++)
                     acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, w[r], xv)),
                                                 _mm512_mul_ps(xs, ws[r]), acc[t][r]);
@@ -1116,7 +1122,8 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
     }
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < nr; r++)
-            y[(t0 + t) * rows + r0 + r] = _mm512_reduce_add_ps(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
+            y[(t0 + t) * rows + r0 + r] = int4 ? _mm512_reduce_add_ps(acc[t][r])
+                                               : (_mm512_reduce_add_ps(acc[t][r]) - x.shift[t0 + t]) * wscale[r0 + r];
 }
 #else
 #define Q8_TOKENS 4
@@ -1144,10 +1151,11 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
                 w1[r] = _mm256_and_si256(_mm256_srli_epi16(d, 4), low);
             }
         }
+        const int64_t at = q8_at(x, t0, g);
         for (int t = 0; t < nt; t++) {
-            const int8_t *q = xq + (t0 + t) * cols + g * GROUP;
+            const int8_t *q = xq + (at + t) * GROUP;
             __m256i x0 = _mm256_loadu_si256((const __m256i *)q), x1 = _mm256_loadu_si256((const __m256i *)(q + 32));
-            float xs = xscale[(t0 + t) * G + g];
+            float xs = xscale[at + t];
             if (!int4) {
                 /* |x| (unsigned) x w carrying x's sign: each pair sums to at most 2 x 127 x 127, no saturation */
                 __m256i a0 = _mm256_sign_epi8(x0, x0), a1 = _mm256_sign_epi8(x1, x1);
@@ -1160,7 +1168,7 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
             } else {
                 /* unsigned nibbles x signed inputs (pairs at most 2 x 15 x 127); the -8 offset comes off
                  * as the group's sum of q, once in each of the 8 lanes */
-                __m256i offset = _mm256_set1_epi32(xsum[(t0 + t) * G + g]);
+                __m256i offset = _mm256_set1_epi32(xsum[at + t]);
                 for (int r = 0; r < nr; r++) {
                     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0[r], x0), _mm256_maddubs_epi16(w1[r], x1));
                     __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), offset);
@@ -1207,16 +1215,16 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
         for (int r = 0; r < nr; r++) {
             float total = 0.f;
             for (int64_t g = 0; g < G; g++) {
-                const int8_t *q = x.q + (t0 + t) * cols + g * GROUP;
+                const int8_t *q = x.q + q8_at(x, t0 + t, g) * GROUP;
                 int32_t dot = 0;
                 if (m->kind == INT8) {
                     const int8_t *w = (const int8_t *)m->data + (r0 + r) * cols + g * GROUP;
                     for (int j = 0; j < GROUP; j++) dot += w[j] * q[j];
-                    total += (float)dot * x.scale[(t0 + t) * G + g];
+                    total += (float)dot * x.scale[q8_at(x, t0 + t, g)];
                 } else {
                     const uint8_t *b = (const uint8_t *)m->data + (r0 + r) * cols / 2 + g * GROUP / 2;
                     for (int j = 0; j < GROUP; j++) dot += (nibble(b, j) - 8) * q[j];
-                    total += (float)dot * x.scale[(t0 + t) * G + g] * m->scale[(r0 + r) * G + g];
+                    total += (float)dot * x.scale[q8_at(x, t0 + t, g)] * m->scale[(r0 + r) * G + g];
                 }
             }
             y[(t0 + t) * m->rows + r0 + r] = total * (m->kind == INT8 ? m->scale[r0 + r] : 1.f);
@@ -1224,10 +1232,27 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
 }
 #endif
 
-/* x [T, cols] fp32 -> int8 per group of 64, with each group's scale and sum of q */
-static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, float *scale, int32_t *sum, int threads) {
+/* Group i (token i / G, group i % G) of x [T, cols] fp32 -> int8, with its scale and sum of q, where
+ * q8_rows has it (group-major) */
+static inline void quantize_q8_group(const float *x, int64_t T, int64_t G, int8_t *q, float *scale, int32_t *sum, int64_t i) {
+    int64_t at = (i % G) * T + i / G;
+    quantize_group(x + i * GROUP, q + at * GROUP, scale + at, sum + at);
+}
+
+/* q8_rows.shift, once the groups are quantized */
+static void q8_shift(int64_t T, int64_t G, const float *scale, const int32_t *sum, float *shift) {
+    for (int64_t t = 0; t < T; t++) {
+        float total = 0.f;
+        for (int64_t g = 0; g < G; g++) total += scale[g * T + t] * (float)sum[g * T + t];
+        shift[t] = 128.f * total;
+    }
+}
+
+static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, float *scale, int32_t *sum, float *shift,
+                        int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < T * (cols / GROUP); i++) quantize_group(x + i * GROUP, q + i * GROUP, scale + i, sum + i);
+    for (int64_t i = 0; i < T * (cols / GROUP); i++) quantize_q8_group(x, T, cols / GROUP, q, scale, sum, i);
+    q8_shift(T, cols / GROUP, scale, sum, shift);
 }
 
 #define Q8_ROW_BLOCK 32   /* rows a thread takes at a time: their int4/int8 bytes stay in L1/L2 across all tokens */
@@ -1248,12 +1273,13 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
     int8_t *q = malloc((size_t)(T * cols) + 1);
     float *scale = malloc(sizeof(float) * (size_t)(T * G + 1));
     int32_t *sum = malloc(sizeof(int32_t) * (size_t)(T * G + 1));
-    if (!q || !scale || !sum) {
-        free(q), free(scale), free(sum);
+    float *shift = malloc(sizeof(float) * (size_t)(T + 1));
+    if (!q || !scale || !sum || !shift) {
+        free(q), free(scale), free(sum), free(shift);
         return OUT_OF_MEMORY;
     }
-    quantize_q8(x, T, cols, q, scale, sum, threads);
-    q8_rows in = {q, scale, sum, G};
+    quantize_q8(x, T, cols, q, scale, sum, shift, threads);
+    q8_rows in = {q, scale, sum, shift, G, T};
     int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; b++) {
@@ -1267,7 +1293,7 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
         for (; t < T; t++)
             for (int64_t r = first; r < end; r++) q8_block(m, r, 1, in, t, 1, y);
     }
-    free(q), free(scale), free(sum);
+    free(q), free(scale), free(sum), free(shift);
     return OK;
 }
 
@@ -1531,9 +1557,11 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                 int8_t *q = malloc((size_t)(B * cols));
                 float *scale = malloc(sizeof(float) * (size_t)(B * G));
                 int32_t *sum = malloc(sizeof(int32_t) * (size_t)(B * G));
-                if (q && scale && sum) {
-                    for (int64_t g = 0; g < B * G; g++) quantize_group(x + g * GROUP, q + g * GROUP, scale + g, sum + g);
-                    q8_rows in = {q, scale, sum, G};
+                float *shift = malloc(sizeof(float) * (size_t)B);
+                if (q && scale && sum && shift) {
+                    for (int64_t i = 0; i < B * G; i++) quantize_q8_group(x, B, G, q, scale, sum, i);
+                    q8_shift(B, G, scale, sum, shift);
+                    q8_rows in = {q, scale, sum, shift, G, B};
                     int64_t r = first;
                     for (; r + 2 <= end; r += 2) {
                         int b = 0;
@@ -1546,7 +1574,7 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                         for (int64_t k = first; k < end; k++) y[b * rows + k] = activate(y[b * rows + k], jobs[j].activation);
                     done = 1;
                 }
-                free(q), free(scale), free(sum);
+                free(q), free(scale), free(sum), free(shift);
             }
 #endif
 #ifdef EW_BF16_ROWS

@@ -346,24 +346,33 @@ static float dot_int4(const uint8_t *w, const float *scale, const float *x, int 
     return total;
 }
 
-/* 64 inputs -> int8, symmetric: q, the scale (largest / 127) and the sum of q (for int4's -8 offset) */
-static inline void quantize_group(const float *xg, int8_t *q, float *scale, int32_t *sum) {
+/* n groups of 64 consecutive inputs -> int8 with one scale, symmetric: q (group k at q + k x stride),
+ * the scale (largest / 127) and the sum of q (for the offsets of unsigned operands) */
+static inline void quantize_groups(const float *x, int n, int8_t *q, int64_t stride, float *scale, int32_t *sum) {
     float largest = 0.f;
 #pragma omp simd reduction(max : largest)
-    for (int j = 0; j < GROUP; j++) largest = fabsf(xg[j]) > largest ? fabsf(xg[j]) : largest;
+    for (int j = 0; j < n * GROUP; j++) largest = fabsf(x[j]) > largest ? fabsf(x[j]) : largest;
     float inverse = largest > 0.f ? 127.f / largest : 0.f;
     int total = 0;
+    for (int k = 0; k < n; k++) {
+        const float *xg = x + k * GROUP;
+        int8_t *qg = q + k * stride;
 #pragma omp simd reduction(+ : total)
-    for (int j = 0; j < GROUP; j++) {
-        float v = xg[j] * inverse;
-        v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
-        v = v < 127.f ? v : 127.f;
-        int qj = (int)nearbyintf(v);   /* to nearest even, as the AVX-512 path */
-        q[j] = (int8_t)qj;
-        total += qj;
+        for (int j = 0; j < GROUP; j++) {
+            float v = xg[j] * inverse;
+            v = v > -127.f ? v : -127.f;   /* NaN too: converting it to an int is undefined */
+            v = v < 127.f ? v : 127.f;
+            int qj = (int)nearbyintf(v);   /* to nearest even, as the AVX-512 path */
+            qg[j] = (int8_t)qj;
+            total += qj;
+        }
     }
     *scale = largest / 127.f;
     *sum = total;
+}
+
+static inline void quantize_group(const float *xg, int8_t *q, float *scale, int32_t *sum) {
+    quantize_groups(xg, 1, q, 0, scale, sum);
 }
 
 /* int4 matrices multiply int8 activations, quantized per group of 64 like the weights
@@ -1063,67 +1072,122 @@ int ew_matmul(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, flo
  * tiles. A block of 4 tokens x 2 rows is kept in registers, so each weight load serves 4 tokens and
  * each activation load 2 rows. Which of this and the fp32 GEMM a prefill uses is measured at run
  * time (quant.prefill_gemm): this wins on x86 (AVX2 maddubs), the scalar form below does not. */
-typedef struct { const int8_t *q; const float *scale; const int32_t *sum; const float *shift; int64_t groups, tokens; } q8_rows;
+typedef struct {
+    const int8_t *q;
+    const float *scale;
+    const int32_t *sum;
+    const float *shift;
+    int64_t groups, tokens, span;
+} q8_rows;
 
-/* Group-major: group g of token t at q + (g x tokens + t) x 64, its scale and sum at [g x tokens + t],
- * so that a block's tokens sit at fixed offsets from one pointer per group (token-major, each token's
- * address took a register of its own: 8 tokens spilled them). shift [t]: 128 x the sum over groups of
- * scale x sum, what unsigned int8 weights (w + 128) add to token t's products, the same for every row. */
-static inline int64_t q8_at(q8_rows x, int64_t t, int64_t g) { return g * x.tokens + t; }
+/* Group-major: group g of token t at q + (g x tokens + t) x 64, so that a block's tokens sit at fixed
+ * offsets from one pointer per group (token-major, each token's address took a register of its own:
+ * 8 tokens spilled them). One scale (and sum of q) per `span` groups: [(g / span) x tokens + t].
+ * shift [t]: 128 x the sum of scale x sum, what unsigned int8 weights (w + 128) add to token t's
+ * products, the same for every row. */
+static inline int64_t q8_slot(q8_rows x, int64_t t, int64_t g) { return (g * x.tokens + t) * GROUP; }
+static inline int64_t q8_scale(q8_rows x, int64_t t, int64_t g) { return g / x.span * x.tokens + t; }
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(EW_SCALAR)
 #define EW_GEMM_Q8_SIMD 1
 #ifdef EW_INT4_VNNI
-#define Q8_TOKENS 8   /* tokens in a block: each weight load and its offset serve 8 streams */
-/* AVX512-VNNI: one vpdpbusd per group of 64 products (unsigned x signed bytes, summed in fours),
- * where AVX2 takes six instructions. int8 rows: the weights become unsigned (w + 128, an xor, once
- * for all tokens), and what the 128 adds, the same for every row, comes off each token's total at the
- * end (x.shift): per token and row, a group costs vpdpbusd, a conversion and an FMA, nothing else.
- * int4 rows: unsigned nibbles x signed inputs; the -8 offset, 8 x the group's sum of q, starts lane 0. */
-static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
-                                                                int64_t t0, int nt, float *y, int int4) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F);
+#define Q8_TOKENS 8   /* tokens in a block: each weight load serves 8 streams */
+/* int8 activations of int8 matrices share a scale across 4 groups (256 inputs, llama.cpp's Q8_K
+ * blocks): the products of a block add up in integers, and a token and row cost one conversion and
+ * one FMA per 4 vpdpbusd, not per one. Those FMAs bound 8 streams: VNNI's products are 64 per
+ * instruction. int4 rows keep one scale per group, as their weights have. */
+#define Q8_INT8_SPAN 4
+
+/* AVX512-VNNI, INT4 rows: unsigned nibbles x signed inputs (one vpdpbusd per group of 64 products);
+ * the -8 offset, 8 x the group's sum of q, starts lane 0. nt <= 8 tokens x nr <= 2 rows. */
+static inline __attribute__((always_inline)) void q8_block_int4(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
+                                                                int64_t t0, int nt, float *y) {
+    const __m512i low = _mm512_set1_epi8(0x0F);
     const int64_t cols = m->cols, G = x.groups, rows = m->rows;
-    const float *wscale = m->scale, *xscale = x.scale;
-    const int32_t *xsum = x.sum;
-    const int8_t *xq = x.q, *w8 = (const int8_t *)m->data + r0 * cols;
     const uint8_t *w4 = (const uint8_t *)m->data + r0 * cols / 2;
     __m512 acc[Q8_TOKENS][2];   /* 16 of the 32 registers */
     for (int t = 0; t < Q8_TOKENS; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         __m512i w[2];
         __m512 ws[2];
-        for (int r = 0; r < nr; r++) {
-            if (!int4) {
-                _mm_prefetch((const char *)(w8 + r * cols + g * GROUP) + PREFETCH, _MM_HINT_T0);
-                w[r] = _mm512_xor_si512(_mm512_loadu_si512(w8 + r * cols + g * GROUP), flip);
-            } else {   /* nibbles of inputs 0..31 (low) and 32..63 (high), in input order */
-                _mm_prefetch((const char *)(w4 + r * cols / 2 + g * 32) + PREFETCH, _MM_HINT_T0);
-                __m256i d = _mm256_loadu_si256((const __m256i *)(w4 + r * cols / 2 + g * 32));
-                w[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(d), _mm256_srli_epi16(d, 4), 1), low);
-                ws[r] = _mm512_set1_ps(wscale[(r0 + r) * G + g]);
-            }
+        for (int r = 0; r < nr; r++) {   /* nibbles of inputs 0..31 (low) and 32..63 (high), in input order */
+            _mm_prefetch((const char *)(w4 + r * cols / 2 + g * 32) + PREFETCH, _MM_HINT_T0);
+            __m256i d = _mm256_loadu_si256((const __m256i *)(w4 + r * cols / 2 + g * 32));
+            w[r] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(d), _mm256_srli_epi16(d, 4), 1), low);
+            ws[r] = _mm512_set1_ps(m->scale[(r0 + r) * G + g]);
         }
-        const int64_t at = q8_at(x, t0, g);
+        const int8_t *xq = x.q + q8_slot(x, t0, g);
+        const float *xs = x.scale + q8_scale(x, t0, g);
+        const int32_t *xsum = x.sum + q8_scale(x, t0, g);
         for (int t = 0; t < nt; t++) {
-            __m512i xv = _mm512_loadu_si512(xq + (at + t) * GROUP);
-            __m512 xs = _mm512_set1_ps(xscale[at + t]);
-            if (!int4) {
-                for (int r = 0; r < nr; r++)
-                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], xv)),
-                                                xs, acc[t][r]);
-            } else {
-                __m512i offset = _mm512_maskz_set1_epi32(1, -8 * xsum[at + t]);
-                for (int r = 0; r < nr; r++)
-                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, w[r], xv)),
-                                                _mm512_mul_ps(xs, ws[r]), acc[t][r]);
-            }
+            __m512i xv = _mm512_loadu_si512(xq + t * GROUP);
+            __m512i offset = _mm512_maskz_set1_epi32(1, -8 * xsum[t]);
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, w[r], xv)),
+                                            _mm512_mul_ps(_mm512_set1_ps(xs[t]), ws[r]), acc[t][r]);
         }
     }
     for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) y[(t0 + t) * rows + r0 + r] = _mm512_reduce_add_ps(acc[t][r]);
+}
+
+/* AVX512-VNNI, INT8 rows: the weights become unsigned (w + 128, an xor, once for all tokens), and what
+ * the 128 adds, the same for every row, comes off each token's total at the end (x.shift). nt x nr <= 8
+ * (each token and row holds an integer and a float accumulator). */
+static inline __attribute__((always_inline)) void q8_block_int8(const ew_matrix *m, int64_t r0, int nr, q8_rows x,
+                                                                int64_t t0, int nt, float *y) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int64_t cols = m->cols, G = x.groups, rows = m->rows;
+    const int8_t *w8 = (const int8_t *)m->data + r0 * cols;
+    __m512 acc[8][2];
+    __m512i dot[8][2];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) acc[t][r] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < G; g0 += x.span) {
+        int64_t g1 = g0 + x.span < G ? g0 + x.span : G;
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < nr; r++) dot[t][r] = _mm512_setzero_si512();
+        for (int64_t g = g0; g < g1; g++) {
+            __m512i w[2];
+            for (int r = 0; r < nr; r++) {
+                _mm_prefetch((const char *)(w8 + r * cols + g * GROUP) + PREFETCH, _MM_HINT_T0);
+                w[r] = _mm512_xor_si512(_mm512_loadu_si512(w8 + r * cols + g * GROUP), flip);
+            }
+            const int8_t *xq = x.q + q8_slot(x, t0, g);
+            for (int t = 0; t < nt; t++) {
+                __m512i xv = _mm512_loadu_si512(xq + t * GROUP);
+                for (int r = 0; r < nr; r++) dot[t][r] = _mm512_dpbusd_epi32(dot[t][r], w[r], xv);
+            }
+        }
+        const float *xs = x.scale + q8_scale(x, t0, g0);
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][r]), _mm512_set1_ps(xs[t]), acc[t][r]);
+    }
+    for (int t = 0; t < nt; t++)
         for (int r = 0; r < nr; r++)
-            y[(t0 + t) * rows + r0 + r] = int4 ? _mm512_reduce_add_ps(acc[t][r])
-                                               : (_mm512_reduce_add_ps(acc[t][r]) - x.shift[t0 + t]) * wscale[r0 + r];
+            y[(t0 + t) * rows + r0 + r] = (_mm512_reduce_add_ps(acc[t][r]) - x.shift[t0 + t]) * m->scale[r0 + r];
+}
+
+static void q8_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int8(m, r0, 2, x, t0, 4, y); }
+static void q8_int8_8x1(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int8(m, r0, 1, x, t0, 8, y); }
+static void q8_int8_1x1(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int8(m, r0, 1, x, t0, 1, y); }
+static void q8_int4_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int4(m, r0, 2, x, t0, 4, y); }
+static void q8_int4_8x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int4(m, r0, 2, x, t0, 8, y); }
+static void q8_int4_1x1(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) { q8_block_int4(m, r0, 1, x, t0, 1, y); }
+
+/* nr <= 2 rows x nt <= 8 tokens, in the blocks above and the edges a token and a row at a time */
+static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
+    int int4 = m->kind == INT4;
+    if (nr == 2 && nt == 4) {
+        (int4 ? q8_int4_4x2 : q8_int8_4x2)(m, r0, x, t0, y);
+    } else if (nr == 2 && nt == 8) {
+        if (int4) q8_int4_8x2(m, r0, x, t0, y);
+        else q8_int8_8x1(m, r0, x, t0, y), q8_int8_8x1(m, r0 + 1, x, t0, y);
+    } else {
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < nr; r++) (int4 ? q8_int4_1x1 : q8_int8_1x1)(m, r0 + r, x, t0 + t, y);
+    }
 }
 #else
 #define Q8_TOKENS 4
@@ -1151,9 +1215,9 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
                 w1[r] = _mm256_and_si256(_mm256_srli_epi16(d, 4), low);
             }
         }
-        const int64_t at = q8_at(x, t0, g);
+        const int64_t at = q8_scale(x, t0, g);
         for (int t = 0; t < nt; t++) {
-            const int8_t *q = xq + (at + t) * GROUP;
+            const int8_t *q = xq + q8_slot(x, t0, g) + t * GROUP;
             __m256i x0 = _mm256_loadu_si256((const __m256i *)q), x1 = _mm256_loadu_si256((const __m256i *)(q + 32));
             float xs = xscale[at + t];
             if (!int4) {
@@ -1182,7 +1246,6 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
         for (int r = 0; r < nr; r++)
             y[(t0 + t) * rows + r0 + r] = hsum256(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
 }
-#endif
 
 static void q8_block_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
     q8_block_kind(m, r0, 2, x, t0, 4, y, 0);
@@ -1198,16 +1261,10 @@ static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t 
         else q8_block_int8_4x2(m, r0, x, t0, y);
         return;
     }
-#if Q8_TOKENS == 8
-    if (nr == 2 && nt == 8) {
-        if (m->kind == INT4) q8_block_kind(m, r0, 2, x, t0, 8, y, 1);
-        else q8_block_kind(m, r0, 2, x, t0, 8, y, 0);
-        return;
-    }
-#endif
     for (int t = 0; t < nt; t++)   /* the edges, a token and a row at a time */
         for (int r = 0; r < nr; r++) q8_block_kind(m, r0 + r, 1, x, t0 + t, 1, y, m->kind == INT4);
 }
+#endif
 #else
 static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
     int64_t cols = m->cols, G = x.groups;
@@ -1215,16 +1272,16 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
         for (int r = 0; r < nr; r++) {
             float total = 0.f;
             for (int64_t g = 0; g < G; g++) {
-                const int8_t *q = x.q + q8_at(x, t0 + t, g) * GROUP;
+                const int8_t *q = x.q + q8_slot(x, t0 + t, g);
                 int32_t dot = 0;
                 if (m->kind == INT8) {
                     const int8_t *w = (const int8_t *)m->data + (r0 + r) * cols + g * GROUP;
                     for (int j = 0; j < GROUP; j++) dot += w[j] * q[j];
-                    total += (float)dot * x.scale[q8_at(x, t0 + t, g)];
+                    total += (float)dot * x.scale[q8_scale(x, t0 + t, g)];
                 } else {
                     const uint8_t *b = (const uint8_t *)m->data + (r0 + r) * cols / 2 + g * GROUP / 2;
                     for (int j = 0; j < GROUP; j++) dot += (nibble(b, j) - 8) * q[j];
-                    total += (float)dot * x.scale[q8_at(x, t0 + t, g)] * m->scale[(r0 + r) * G + g];
+                    total += (float)dot * x.scale[q8_scale(x, t0 + t, g)] * m->scale[(r0 + r) * G + g];
                 }
             }
             y[(t0 + t) * m->rows + r0 + r] = total * (m->kind == INT8 ? m->scale[r0 + r] : 1.f);
@@ -1232,27 +1289,27 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
 }
 #endif
 
-/* Group i (token i / G, group i % G) of x [T, cols] fp32 -> int8, with its scale and sum of q, where
- * q8_rows has it (group-major) */
-static inline void quantize_q8_group(const float *x, int64_t T, int64_t G, int8_t *q, float *scale, int32_t *sum, int64_t i) {
-    int64_t at = (i % G) * T + i / G;
-    quantize_group(x + i * GROUP, q + at * GROUP, scale + at, sum + at);
-}
+#ifndef Q8_INT8_SPAN
+#define Q8_INT8_SPAN 1
+#endif
 
-/* q8_rows.shift, once the groups are quantized */
-static void q8_shift(int64_t T, int64_t G, const float *scale, const int32_t *sum, float *shift) {
+/* x [T, cols] fp32 -> int8 as q8_rows holds it: groups of 64 inputs, one scale per `span` of them
+ * (Q8_INT8_SPAN for an INT8 matrix, 1 for INT4), with the sum of q and each token's shift */
+static q8_rows quantize_q8(const ew_matrix *m, const float *x, int64_t T, int8_t *q, float *scale, int32_t *sum,
+                           float *shift, int threads) {
+    const int64_t G = m->cols / GROUP, span = m->kind == INT8 ? Q8_INT8_SPAN : 1, spans = (G + span - 1) / span;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t i = 0; i < T * spans; i++) {
+        int64_t t = i / spans, g0 = i % spans * span, n = G - g0 < span ? G - g0 : span;
+        quantize_groups(x + t * m->cols + g0 * GROUP, (int)n, q + (g0 * T + t) * GROUP, T * GROUP,
+                        scale + g0 / span * T + t, sum + g0 / span * T + t);
+    }
     for (int64_t t = 0; t < T; t++) {
         float total = 0.f;
-        for (int64_t g = 0; g < G; g++) total += scale[g * T + t] * (float)sum[g * T + t];
+        for (int64_t k = 0; k < spans; k++) total += scale[k * T + t] * (float)sum[k * T + t];
         shift[t] = 128.f * total;
     }
-}
-
-static void quantize_q8(const float *x, int64_t T, int64_t cols, int8_t *q, float *scale, int32_t *sum, float *shift,
-                        int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < T * (cols / GROUP); i++) quantize_q8_group(x, T, cols / GROUP, q, scale, sum, i);
-    q8_shift(T, cols / GROUP, scale, sum, shift);
+    return (q8_rows){q, scale, sum, shift, G, T, span};
 }
 
 #define Q8_ROW_BLOCK 32   /* rows a thread takes at a time: their int4/int8 bytes stay in L1/L2 across all tokens */
@@ -1278,8 +1335,7 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
         free(q), free(scale), free(sum), free(shift);
         return OUT_OF_MEMORY;
     }
-    quantize_q8(x, T, cols, q, scale, sum, shift, threads);
-    q8_rows in = {q, scale, sum, shift, G, T};
+    q8_rows in = quantize_q8(m, x, T, q, scale, sum, shift, threads);
     int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; b++) {
@@ -1559,9 +1615,7 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                 int32_t *sum = malloc(sizeof(int32_t) * (size_t)(B * G));
                 float *shift = malloc(sizeof(float) * (size_t)B);
                 if (q && scale && sum && shift) {
-                    for (int64_t i = 0; i < B * G; i++) quantize_q8_group(x, B, G, q, scale, sum, i);
-                    q8_shift(B, G, scale, sum, shift);
-                    q8_rows in = {q, scale, sum, shift, G, B};
+                    q8_rows in = quantize_q8(m, x, B, q, scale, sum, shift, 1);   /* inside the team: this thread's own */
                     int64_t r = first;
                     for (; r + 2 <= end; r += 2) {
                         int b = 0;

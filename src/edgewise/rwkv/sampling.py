@@ -48,32 +48,37 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         s = self.settings
-        if not np.isfinite(logits).all():
+        scores = np.asarray(logits, np.float32)
+        # NaN or an infinity anywhere makes the largest or the smallest one so: two passes over the
+        # vocabulary, not an array of 65536 flags per token and stream
+        if not (np.isfinite(scores.max()) and np.isfinite(scores.min())):
             raise EdgewiseError("the model's logits are not finite (NaN or inf): its weights are damaged; "
                                 "convert or download the checkpoint again")
-        scores = np.asarray(logits, np.float32)
         if s.presence_penalty or s.frequency_penalty:
             scores = scores - (s.presence_penalty * (self.counts > 0) + s.frequency_penalty * self.counts).astype(np.float32)
         if s.temperature == 0:
             token = int(np.argmax(scores))
         else:
             tokens, probs = self.nucleus(scores)
-            token = int(tokens[_draw(probs, self.rng.random())])
+            drawn = _draw(probs, self.rng.random())
+            token = drawn if tokens is None else int(tokens[drawn])
         if s.presence_penalty or s.frequency_penalty:
             self.counts *= s.penalty_decay
             self.counts[token] += 1
         return token
 
-    def nucleus(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The tokens that may be drawn and their probabilities (not normalised): the largest whose
-        mass reaches top_p, at most top_k of them. Only tokens above a threshold whose mass already
-        reaches top_p are sorted (the nucleus lies among them), not the whole vocabulary: sorting
-        65536 probabilities cost more than a decode step."""
+    def nucleus(self, scores: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """The tokens that may be drawn (None: every one, in order) and their probabilities (not
+        normalised): the largest whose mass reaches top_p, at most top_k of them. Only tokens above a
+        threshold whose mass already reaches top_p are sorted (the nucleus lies among them), not the
+        whole vocabulary: sorting 65536 probabilities cost more than a decode step."""
         s = self.settings
-        probs = np.exp((scores - scores.max()) * np.float32(1 / s.temperature), dtype=np.float32)
+        probs = scores - scores.max()   # one vocabulary-sized array, exponentiated in place
+        probs *= np.float32(1 / s.temperature)
+        np.exp(probs, out=probs)
         limit = s.top_k or len(probs)
         if s.top_p >= 1 and limit >= len(probs):
-            return np.arange(len(probs)), probs   # unnormalised: drawn against their sum
+            return None, probs   # unnormalised: drawn against their sum
         probs = probs / probs.sum(dtype=np.float64)
         threshold = probs.max()
         while True:
@@ -100,7 +105,7 @@ class Sampler:
         """The distribution tokens are drawn from, over the whole vocabulary."""
         tokens, probs = self.nucleus(np.asarray(scores, np.float32))
         full = np.zeros(len(scores))
-        full[tokens] = probs / probs.sum()
+        full[slice(None) if tokens is None else tokens] = probs / probs.sum()
         return full
 
 
@@ -109,12 +114,14 @@ def _draw(weights: np.ndarray, u: float, block: int = 256) -> int:
     inverse-CDF draw, in two levels (the sums of blocks, then one block): a running sum over the
     whole vocabulary was the slowest part of sampling."""
     n = len(weights)
-    padded = np.zeros(-(-n // block) * block, np.float64)
-    padded[:n] = weights
-    sums = padded.reshape(-1, block).sum(1).cumsum()
+    whole = n // block * block   # no padded float64 copy of the vocabulary: its blocks are summed in place
+    sums = weights[:whole].reshape(-1, block).sum(1, dtype=np.float64)
+    if whole < n:
+        sums = np.append(sums, weights[whole:].sum(dtype=np.float64))
+    sums = sums.cumsum()
     target = u * sums[-1]
     b = min(int(np.searchsorted(sums, target, side="right")), len(sums) - 1)
-    inside = padded[b * block:(b + 1) * block].cumsum()
+    inside = weights[b * block:(b + 1) * block].cumsum(dtype=np.float64)
     before = sums[b - 1] if b else 0.0
     i = b * block + int(np.searchsorted(inside, target - before, side="right"))
     return min(i, n - 1)

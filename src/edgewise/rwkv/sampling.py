@@ -51,15 +51,17 @@ class Sampler:
         scores = np.asarray(logits, np.float32)
         # NaN or an infinity anywhere makes the largest or the smallest one so: two passes over the
         # vocabulary, not an array of 65536 flags per token and stream
-        if not (np.isfinite(scores.max()) and np.isfinite(scores.min())):
+        top = scores.max()
+        if not (np.isfinite(top) and np.isfinite(scores.min())):
             raise EdgewiseError("the model's logits are not finite (NaN or inf): its weights are damaged; "
                                 "convert or download the checkpoint again")
         if s.presence_penalty or s.frequency_penalty:
             scores = scores - (s.presence_penalty * (self.counts > 0) + s.frequency_penalty * self.counts).astype(np.float32)
+            top = scores.max()
         if s.temperature == 0:
             token = int(np.argmax(scores))
         else:
-            tokens, probs = self.nucleus(scores)
+            tokens, probs = self.nucleus(scores, top)
             drawn = _draw(probs, self.rng.random())
             token = drawn if tokens is None else int(tokens[drawn])
         if s.presence_penalty or s.frequency_penalty:
@@ -67,13 +69,14 @@ class Sampler:
             self.counts[token] += 1
         return token
 
-    def nucleus(self, scores: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    def nucleus(self, scores: np.ndarray, top: float | None = None) -> tuple[np.ndarray | None, np.ndarray]:
         """The tokens that may be drawn (None: every one, in order) and their probabilities (not
         normalised): the largest whose mass reaches top_p, at most top_k of them. Only tokens above a
         threshold whose mass already reaches top_p are sorted (the nucleus lies among them), not the
-        whole vocabulary: sorting 65536 probabilities cost more than a decode step."""
+        whole vocabulary: sorting 65536 probabilities cost more than a decode step. `top`: the largest
+        score, where the caller has it."""
         s = self.settings
-        probs = scores - scores.max()   # one vocabulary-sized array, exponentiated in place
+        probs = scores - (scores.max() if top is None else top)   # one vocabulary-sized array, exponentiated in place
         probs *= np.float32(1 / s.temperature)
         np.exp(probs, out=probs)
         limit = s.top_k or len(probs)

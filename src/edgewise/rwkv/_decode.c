@@ -483,21 +483,18 @@ static inline __attribute__((always_inline)) __m512 int8_group_vnni(const int8_t
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offset, d, x)), _mm512_set1_ps(in.scale[g]), acc);
 }
 
-/* R consecutive int8 rows, before the rows' scales, a row at a time in memory order. Not the R rows
- * side by side, a group of each in turn (which shares each activation load among them): on Zen 4
- * that pattern of R streams 768 bytes apart defeats the hardware prefetcher, and the head read 8.7
- * GB/s on one core against 21-24 GB/s in order (a C loop of the same instructions; the whole head,
- * 2 threads: 3.7 -> 1.2 ms). */
-static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+/* An int8 row x int8 inputs, before the row's scale. run_jobs takes int8 rows one at a time, in
+ * memory order, not several side by side a group of each in turn (which shares each activation load
+ * among them): on Zen 4 four streams 768 bytes apart defeat the hardware prefetcher, and the head
+ * read 8.7 GB/s on one core against 21-24 GB/s in order (a C loop of the same instructions; the
+ * whole head, 2 threads: 3.7 -> 1.2 ms). */
+static inline __attribute__((always_inline)) float dot_int8_q8(const int8_t *row, q8_inputs in, int n) {
     const int groups = n / GROUP;
-    for (int r = 0; r < R; r++) {
-        const int8_t *row = w + (size_t)r * n;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        int g = 0;
-        for (; g + 2 <= groups; g += 2) a0 = int8_group_vnni(row, in, g, a0), a1 = int8_group_vnni(row, in, g + 1, a1);
-        if (g < groups) a0 = int8_group_vnni(row, in, g, a0);
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    }
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= groups; g += 2) a0 = int8_group_vnni(row, in, g, a0), a1 = int8_group_vnni(row, in, g + 1, a1);
+    if (g < groups) a0 = int8_group_vnni(row, in, g, a0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
 #elif defined(EW_AVX2)
@@ -531,24 +528,23 @@ static inline __attribute__((always_inline)) void dotR_int4_q8(const uint8_t *w,
     for (int r = 0; r < R; r++) out[r] = hsum256(acc[r]);
 }
 
-/* R consecutive int8 rows x int8 inputs, before the rows' scales, a row at a time: |x| (unsigned) x w
- * carrying x's sign, each pair at most 2 x 127 x 127 (no saturation), widened by pmaddwd. */
-static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+/* An int8 row x int8 inputs, before the row's scale (a row at a time: see the AVX-512 dot_int8_q8):
+ * |x| (unsigned) x w carrying x's sign, each pair at most 2 x 127 x 127 (no saturation), widened by
+ * pmaddwd. */
+static inline __attribute__((always_inline)) float dot_int8_q8(const int8_t *row, q8_inputs in, int n) {
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = 0; r < R; r++) {   /* a row at a time, in memory order (see the AVX-512 dot_int8_q8) */
-        __m256 acc = _mm256_setzero_ps();
-        for (int g = 0; g < n / GROUP; g++) {
-            const int8_t *xq = in.q + g * GROUP, *b = w + (size_t)r * n + g * GROUP;
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
-            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-            __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b), x0));
-            __m256i p1 = _mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1),
-                                              _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(b + 32)), x1));
-            __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(in.scale[g]), acc);
-        }
-        out[r] = hsum256(acc);
+    __m256 acc = _mm256_setzero_ps();
+    for (int g = 0; g < n / GROUP; g++) {
+        const int8_t *xq = in.q + g * GROUP, *b = row + g * GROUP;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
+        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+        __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b), x0));
+        __m256i p1 = _mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1),
+                                          _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(b + 32)), x1));
+        __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(in.scale[g]), acc);
     }
+    return hsum256(acc);
 }
 
 #elif defined(EW_SSSE3)
@@ -584,23 +580,21 @@ static inline __attribute__((always_inline)) void dotR_int4_q8(const uint8_t *w,
 }
 
 /* As on AVX2: |x| x w carrying x's sign, widened by pmaddwd, 16 bytes at a time */
-static inline __attribute__((always_inline)) void dot_int8_q8(const int8_t *w, q8_inputs in, int n, float *out, int R) {
+static inline __attribute__((always_inline)) float dot_int8_q8(const int8_t *row, q8_inputs in, int n) {
     const __m128i ones = _mm_set1_epi16(1);
-    for (int r = 0; r < R; r++) {   /* a row at a time, in memory order */
-        __m128 acc = _mm_setzero_ps();
-        for (int g = 0; g < n / GROUP; g++) {
-            const __m128i *xp = (const __m128i *)(in.q + g * GROUP), *b = (const __m128i *)(w + (size_t)r * n + g * GROUP);
-            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-            __m128i s[4];
-            for (int k = 0; k < 4; k++) {
-                __m128i x = _mm_loadu_si128(xp + k);
-                s[k] = _mm_madd_epi16(_mm_maddubs_epi16(_mm_sign_epi8(x, x), _mm_sign_epi8(_mm_loadu_si128(b + k), x)), ones);
-            }
-            __m128i dot = _mm_add_epi32(_mm_add_epi32(s[0], s[1]), _mm_add_epi32(s[2], s[3]));
-            acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(in.scale[g])));
+    __m128 acc = _mm_setzero_ps();
+    for (int g = 0; g < n / GROUP; g++) {
+        const __m128i *xp = (const __m128i *)(in.q + g * GROUP), *b = (const __m128i *)(row + g * GROUP);
+        _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+        __m128i s[4];
+        for (int k = 0; k < 4; k++) {
+            __m128i x = _mm_loadu_si128(xp + k);
+            s[k] = _mm_madd_epi16(_mm_maddubs_epi16(_mm_sign_epi8(x, x), _mm_sign_epi8(_mm_loadu_si128(b + k), x)), ones);
         }
-        out[r] = hsum128(acc);
+        __m128i dot = _mm_add_epi32(_mm_add_epi32(s[0], s[1]), _mm_add_epi32(s[2], s[3]));
+        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(in.scale[g])));
     }
+    return hsum128(acc);
 }
 
 #elif defined(EW_NEON)
@@ -780,16 +774,9 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
             }
 #endif
 #ifdef EW_INT8_Q8
-            for (; int8 && r + 4 <= end; r += 4) {   /* four rows at a time, then one */
-                float y[4];
-                dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols, y, 4);
-                for (int k = 0; k < 4; k++) jobs[j].y[r + k] = activate(y[k] * m->scale[r + k], jobs[j].activation);
-            }
-            for (; int8 && r < end; r++) {
-                float y;
-                dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols, &y, 1);
-                jobs[j].y[r] = activate(y * m->scale[r], jobs[j].activation);
-            }
+            for (; int8 && r < end; r++)   /* a row at a time, in memory order (see dot_int8_q8) */
+                jobs[j].y[r] = activate(dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols) * m->scale[r],
+                                        jobs[j].activation);
 #endif
             for (; r < end; r++) {
 #ifdef EW_INT4_Q8
@@ -1111,8 +1098,8 @@ static inline int64_t q8_scale(q8_rows x, int64_t t, int64_t g) { return g / x.s
 #define Q8_TOKENS 8   /* tokens in a block: each weight load serves 8 streams */
 /* int8 activations of int8 matrices share a scale across 4 groups (256 inputs, llama.cpp's Q8_K
  * blocks): the products of a block add up in integers, and a token and row cost one conversion and
- * one FMA per 4 vpdpbusd, not per one. Those FMAs bound 8 streams: VNNI's products are 64 per
- * instruction. int4 rows keep one scale per group, as their weights have. */
+ * one FMA per 4 vpdpbusd, not per one (8 streams on Zen 4: the kernel now waits on the weights'
+ * loads, as one stream does). int4 rows keep one scale per group, as their weights have. */
 #define Q8_INT8_SPAN 4
 
 /* AVX512-VNNI, INT4 rows: unsigned nibbles x signed inputs (one vpdpbusd per group of 64 products);
@@ -1321,7 +1308,7 @@ static q8_rows quantize_q8(const ew_matrix *m, const float *x, int64_t T, int8_t
         quantize_groups(x + t * m->cols + g0 * GROUP, (int)n, q + (g0 * T + t) * GROUP, T * GROUP,
                         scale + g0 / span * T + t, sum + g0 / span * T + t);
     }
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = 0; m->kind == INT8 && t < T; t++) {   /* only int8 kernels read it */
         float total = 0.f;
         for (int64_t k = 0; k < spans; k++) total += scale[k * T + t] * (float)sum[k * T + t];
         shift[t] = 128.f * total;

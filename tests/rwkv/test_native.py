@@ -318,6 +318,27 @@ def test_the_c_wkv_recurrence_matches_torch_and_checks_its_buffers(path):
                       r.numel(), 1) == 4
 
 
+@pytest.mark.skipif("avx512" not in native.runnable() or not native.variant("avx512").ew_use_amx(1),
+                    reason="AMX tiles: a Xeon from Sapphire Rapids on, with a kernel that grants them")
+def test_amx_tiles_sum_the_integers_the_vnni_kernels_sum():
+    """Both multiply the same int8 activations by the same int8 rows, span by span; only the order of
+    float additions differs (VNNI's unsigned trick subtracts a large shift). 37 tokens: two blocks of 16 and a part; 200 rows: 32 at a time and 8
+    left to VNNI. The decode batches (test_batched_step_...) take the same tiles."""
+    lib = native.variant("avx512")
+    g = torch.Generator().manual_seed(1)
+    matrix = Int8Matrix(torch.randn(200, 192, generator=g) * 0.1)
+    view = native.describe(matrix, keep := [])
+    x = torch.cat([torch.randn(20, 192, generator=g), torch.relu(torch.randn(17, 192, generator=g) * 3) ** 2])
+    try:
+        assert native.kernels(lib).endswith("-amx")
+        amx = native.matmul(lib, view, x, int8_activations=True)
+        lib.ew_use_amx(0)
+        vnni = native.matmul(lib, view, x, int8_activations=True)
+    finally:
+        lib.ew_use_amx(os.environ.get("EDGEWISE_AMX", "1").strip() != "0")
+    assert relative_error(amx.numpy(), vnni.numpy()) < 1e-5   # int8 against fp32 activations: ~1e-2
+
+
 @pytest.mark.parametrize("kind", [Int8Matrix, Int4Matrix])
 @pytest.mark.parametrize("path", PATHS)
 def test_prefill_gemm_with_int8_activations_matches_the_dequantized_product(kind, path):

@@ -46,6 +46,8 @@
 
 enum { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 enum { NONE = 0, TANH = 1, SIGMOID = 2, RELU_SQUARED = 3 };
+
+static int amx_on;   /* batches of int8 rows take AMX tiles: set by ew_use_amx, read by the kernels */
 #define GROUP 64
 /* The int8, int4 and bf16 kernels prefetch this far ahead in the weight stream: the hardware prefetcher
  * alone leaves int8/int4 decode short of the bandwidth (measured 7-14% faster at 4-16 KB). */
@@ -1001,7 +1003,8 @@ static int check_state(const ew_model *m, const ew_state *s) {
 /* What the last call that failed on this thread found wrong, for the caller's error message */
 const char *ew_problem(void) { return problem_text; }
 
-/* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI, 4 AVX2, 8 NEON with sdot */
+/* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI, 4 AVX2, 8 NEON with sdot, 16 SSSE3;
+ * 32 AMX tiles for batches, when ew_use_amx turned them on */
 int ew_features(void) {
     int features = 0;
 #ifdef EW_AVX512
@@ -1019,6 +1022,7 @@ int ew_features(void) {
 #ifdef EW_SSSE3
     features |= 16;
 #endif
+    features |= amx_on ? 32 : 0;   /* only ever set where EW_AMX is built */
     return features;
 }
 
@@ -1293,6 +1297,154 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
 }
 #endif
 
+
+/* -- AMX: int8 tiles for batches, where the CPU has them (Xeon Sapphire Rapids and later) ---------
+ * A batch of streams makes an int8 matrix's products cost more than its bytes: VNNI does 64 per
+ * instruction per core, and 8 streams of the 0.1B model then wait on vpdpbusd, not on memory. One
+ * AMX tile product (tdpbssd) does 16 rows x 64 inputs x 16 streams. A is 16 rows of the weights as
+ * they lie (a strided tile load: no repacking, one layout for every path), B the streams' int8
+ * activations packed as AMX wants them (small: once per matrix and thread). Signed x signed, so no
+ * +128 shift. Linux hands out the tile state only when asked (arch_prctl); ew_use_amx asks once. */
+#if defined(EW_AVX512) && defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || __GNUC__ >= 11)
+#define EW_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+typedef struct { uint8_t palette, start; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } amx_config;
+
+/* The activations of all T streams as tdpbssd's B operands, 16 streams (zero past T) a block of
+ * groups x 1 KB: group g's tile row i holds streams 0..15's inputs 4i..4i+3. NULL without memory. */
+static int8_t *amx_pack(q8_rows x) {
+    int64_t blocks = (x.tokens + 15) / 16;
+    int8_t *packed = aligned_alloc(64, (size_t)(blocks * x.groups) * 1024);
+    for (int64_t t0 = 0; packed && t0 < x.tokens; t0 += 16)
+        for (int64_t g = 0; g < x.groups; g++) {
+            int32_t *out = (int32_t *)(packed + (t0 / 16 * x.groups + g) * 1024);
+            for (int i = 0; i < 16; i++)
+                for (int n = 0; n < 16; n++) {
+                    int32_t v = 0;
+                    if (t0 + n < x.tokens) memcpy(&v, x.q + q8_slot(x, t0 + n, g) + 4 * i, 4);
+                    out[i * 16 + n] = v;
+                }
+        }
+    return packed;
+}
+
+/* y [t0 + n, r0 .. r0 + 16 x blocks) for 16 or 32 rows of an INT8 matrix (blocks 1 or 2) and nt <= 16
+ * streams (packed by amx_pack). Tiles: 0-3 accumulate (block 0 even groups, odd groups, block 1 even,
+ * odd), 4-5 the blocks' weights, 6-7 the activations of an even and an odd group. Tile products chain
+ * on their accumulator and a tile register is not renamed: one accumulator and one weight tile made
+ * every product wait for the one before (8 streams of the 0.1B model took 25 GB/s of weights, 37 for
+ * one stream); four chains keep the unit busy while weights stream in. Each span of groups adds up in
+ * integers, then the streams' scales apply in floats. */
+__attribute__((target("amx-tile,amx-int8")))
+static void amx_rows_int8(const ew_matrix *m, int64_t r0, int blocks, q8_rows x, const int8_t *packed, int64_t t0,
+                          int nt, float *y) {
+    const int64_t cols = m->cols, G = x.groups, rows = m->rows, block = 16 * cols;
+    const int8_t *w8 = (const int8_t *)m->data + r0 * cols;
+    const char *ahead = (const char *)(w8 + blocks * block);   /* the next blocks, prefetched line after line */
+    int32_t c[4][16 * 16] __attribute__((aligned(64)));
+    float out[32 * 16] __attribute__((aligned(64)));   /* [row][stream] */
+    memset(out, 0, sizeof out);
+    for (int64_t g0 = 0; g0 < G; g0 += x.span) {
+        int64_t g1 = g0 + x.span < G ? g0 + x.span : G;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        int64_t g = g0;
+        for (; g + 2 <= g1; g += 2) {
+            for (int i = 0; i < 16 * blocks; i++) _mm_prefetch(ahead + (g * 16 * blocks + i) * 64, _MM_HINT_T0);
+            _tile_loadd(6, packed + g * 1024, 64);
+            _tile_loadd(4, w8 + g * GROUP, cols);
+            _tile_dpbssd(0, 4, 6);
+            if (blocks == 2) {
+                _tile_loadd(5, w8 + block + g * GROUP, cols);
+                _tile_dpbssd(2, 5, 6);
+            }
+            _tile_loadd(7, packed + (g + 1) * 1024, 64);
+            _tile_loadd(4, w8 + (g + 1) * GROUP, cols);
+            _tile_dpbssd(1, 4, 7);
+            if (blocks == 2) {
+                _tile_loadd(5, w8 + block + (g + 1) * GROUP, cols);
+                _tile_dpbssd(3, 5, 7);
+            }
+        }
+        if (g < g1) {
+            for (int i = 0; i < 16 * blocks; i++) _mm_prefetch(ahead + (g * 16 * blocks + i) * 64, _MM_HINT_T0);
+            _tile_loadd(6, packed + g * 1024, 64);
+            _tile_loadd(4, w8 + g * GROUP, cols);
+            _tile_dpbssd(0, 4, 6);
+            if (blocks == 2) {
+                _tile_loadd(5, w8 + block + g * GROUP, cols);
+                _tile_dpbssd(2, 5, 6);
+            }
+        }
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        if (blocks == 2) {
+            _tile_stored(2, c[2], 64);
+            _tile_stored(3, c[3], 64);
+        }
+        __m512 s = _mm512_maskz_loadu_ps((__mmask16)((1u << nt) - 1), x.scale + q8_scale(x, t0, g0));
+        for (int r = 0; r < 16 * blocks; r++) {
+            const int32_t *even = c[r / 16 * 2] + r % 16 * 16, *odd = c[r / 16 * 2 + 1] + r % 16 * 16;
+            __m512i dot = _mm512_add_epi32(_mm512_load_si512(even), _mm512_load_si512(odd));
+            _mm512_store_ps(out + 16 * r, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, _mm512_load_ps(out + 16 * r)));
+        }
+    }
+    const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+    for (int b = 0; b < blocks; b++) {
+        const float *part = out + 256 * b;
+        __m512 scale = _mm512_loadu_ps(m->scale + r0 + 16 * b);
+        for (int n = 0; n < nt; n++) {
+            __m512 v = _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), part, 4);
+            _mm512_storeu_ps(y + (t0 + n) * rows + r0 + 16 * b, _mm512_mul_ps(v, scale));
+        }
+    }
+}
+
+/* Rows [first, end) of an INT8 matrix for the T streams amx_pack packed, 32 rows at a time and the
+ * last 16 alone; returns the first row it left (fewer than 16 remain). The tile configuration is
+ * loaded here and released after: the thread may run other AMX code (oneDNN's, in torch) between
+ * calls. */
+__attribute__((target("amx-tile,amx-int8")))
+static int64_t amx_int8(const ew_matrix *m, q8_rows x, const int8_t *packed, int64_t first, int64_t end, float *y) {
+    static const amx_config config __attribute__((aligned(64))) = {
+        1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+    _tile_loadconfig(&config);
+    int64_t r = first;
+    for (int64_t t0 = 0; t0 < x.tokens; t0 += 16) {
+        int nt = x.tokens - t0 < 16 ? (int)(x.tokens - t0) : 16, blocks = 2;
+        for (r = first; r + 16 <= end; r += 16 * blocks) {
+            blocks = r + 32 <= end ? 2 : 1;
+            amx_rows_int8(m, r, blocks, x, packed + t0 / 16 * x.groups * 1024, t0, nt, y);
+        }
+    }
+    _tile_release();
+    return r;
+}
+#endif
+
+/* Whether batches of int8 rows take AMX tiles: asks Linux for them the first time `want` is set,
+ * on a CPU with AMX-INT8; returns whether they are in use. */
+int ew_use_amx(int want) {
+#ifdef EW_AMX
+    static int granted = -1;
+    if (want && granted < 0) {
+        unsigned a, b, c, d;
+        granted = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) &&
+                  syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    amx_on = want && granted > 0;
+    return amx_on;
+#else
+    (void)want;
+    return 0;
+#endif
+}
+
 #ifndef Q8_INT8_SPAN
 #define Q8_INT8_SPAN 1
 #endif
@@ -1340,10 +1492,17 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
         return OUT_OF_MEMORY;
     }
     q8_rows in = quantize_q8(m, x, T, q, scale, sum, shift, threads);
+    int8_t *packed = NULL;
+#ifdef EW_AMX
+    packed = amx_on && m->kind == INT8 && T > 1 ? amx_pack(in) : NULL;   /* once, for every thread */
+#endif
     int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t first = b * Q8_ROW_BLOCK, end = first + Q8_ROW_BLOCK < m->rows ? first + Q8_ROW_BLOCK : m->rows;
+#ifdef EW_AMX
+        if (packed) first = amx_int8(m, in, packed, first, end, y);
+#endif
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) {
             int64_t r = first;
@@ -1353,7 +1512,7 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
         for (; t < T; t++)
             for (int64_t r = first; r < end; r++) q8_block(m, r, 1, in, t, 1, y);
     }
-    free(q), free(scale), free(sum), free(shift);
+    free(q), free(scale), free(sum), free(shift), free(packed);
     return OK;
 }
 
@@ -1581,21 +1740,27 @@ static int64_t batch_row_weight(const ew_matrix *m) {
 #define ew_vf_load _mm256_loadu_ps
 #define ew_vf_sum hsum256
 #endif
-/* One bf16 row (a LoRA's) against 8 inputs: each weight converted once for all 8, 8 FMA chains
- * as wide as the build's vectors */
-static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) {
+/* One bf16 row (a LoRA's) against n <= 8 inputs: each weight converted once for all of them, n FMA
+ * chains as wide as the build's vectors */
+static inline __attribute__((always_inline)) void dot_bf16_rows(const uint16_t *w, const float *x, int64_t cols, int n,
+                                                                float *out) {
     ew_vf acc[8];
-    for (int b = 0; b < 8; b++) acc[b] = ew_vf_zero();
+    for (int b = 0; b < n; b++) acc[b] = ew_vf_zero();
     int64_t c = 0;
     for (; c + EW_BF16_LANES <= cols; c += EW_BF16_LANES) {
         ew_vf wv = ew_vf_bf16(w + c);
-        for (int b = 0; b < 8; b++) acc[b] = ew_vf_fmadd(wv, ew_vf_load(x + b * cols + c), acc[b]);
+        for (int b = 0; b < n; b++) acc[b] = ew_vf_fmadd(wv, ew_vf_load(x + b * cols + c), acc[b]);
     }
-    for (int b = 0; b < 8; b++) {
+    for (int b = 0; b < n; b++) {
         float total = ew_vf_sum(acc[b]);
         for (int64_t k = c; k < cols; k++) total += bf16_to_f32(w[k]) * x[b * cols + k];
         out[b] = total;
     }
+}
+static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) { dot_bf16_rows(w, x, cols, 8, out); }
+/* the streams past the last 8 (a server's batch is any size as streams join and leave) */
+static void dot_bf16_few(const uint16_t *w, const float *x, int64_t cols, int n, float *out) {
+    dot_bf16_rows(w, x, cols, n, out);
 }
 #define EW_BF16_ROWS 8
 #endif
@@ -1621,6 +1786,11 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                 if (q && scale && sum && shift) {
                     q8_rows in = quantize_q8(m, x, B, q, scale, sum, shift, 1);   /* inside the team: this thread's own */
                     int64_t r = first;
+#ifdef EW_AMX
+                    int8_t *packed = amx_on && m->kind == INT8 && B > 1 ? amx_pack(in) : NULL;
+                    if (packed) r = amx_int8(m, in, packed, first, end, y);
+                    free(packed);
+#endif
                     for (; r + 2 <= end; r += 2) {
                         int b = 0;
                         for (; b + Q8_TOKENS <= B; b += Q8_TOKENS) q8_block(m, r, 2, in, b, Q8_TOKENS, y);
@@ -1644,9 +1814,11 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                         dot_bf16_8((const uint16_t *)m->data + r * cols, x + b * cols, cols, out);
                         for (int k = 0; k < EW_BF16_ROWS; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
                     }
-                for (; b < B; b++)
-                    for (int64_t r = first; r < end; r++)
-                        y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jobs[j].activation);
+                for (int64_t r = first; b < B && r < end; r++) {
+                    float out[EW_BF16_ROWS];
+                    dot_bf16_few((const uint16_t *)m->data + r * cols, x + b * cols, cols, B - b, out);
+                    for (int k = 0; k < B - b; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
+                }
                 done = 1;
             }
 #endif

@@ -130,6 +130,8 @@ def load(path: str | Path) -> ctypes.CDLL:
     lib.ew_dequantize.restype = ctypes.c_int
     lib.ew_dequantize.argtypes = [ctypes.POINTER(Matrix), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                   ctypes.c_int64, ctypes.c_int]
+    lib.ew_use_amx.restype, lib.ew_use_amx.argtypes = ctypes.c_int, [ctypes.c_int]
+    lib.ew_use_amx(os.environ.get("EDGEWISE_AMX", "1").strip() != "0")   # EDGEWISE_AMX=0: VNNI for batches too
     lib.ew_wkv.restype = ctypes.c_int
     lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
                            + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
@@ -154,13 +156,13 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def kernels(lib: ctypes.CDLL | None) -> str:
-    """What decodes: "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64
+    """What decodes: "c-avx512-vnni-amx" (AMX tiles for batches of streams), "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64
     build), "c-portable" or "torch"."""
     if lib is None:
         return "torch"
     features = lib.ew_features()
     if features & 1:
-        return "c-avx512" + ("-vnni" if features & 2 else "")
+        return "c-avx512" + ("-vnni" if features & 2 else "") + ("-amx" if features & 32 else "")
     return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-x86-64-v2" if features & 16 else "c-portable"
 
 

@@ -1714,8 +1714,8 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
  * arithmetic binds, not the bytes; int8 and int4 rows take the int8 blocks (about 3x the products
  * per instruction of an fp32 or bf16 row's FMAs). */
 static int64_t batch_row_weight(const ew_matrix *m) {
-    int64_t cols = m->cols > 0 ? m->cols : 1;
 #ifdef EW_GEMM_Q8_SIMD
+    int64_t cols = m->cols > 0 ? m->cols : 1;
     return (m->kind == INT8 || m->kind == INT4) && cols % GROUP == 0 ? cols : m->kind == BF16 ? 2 * cols : 3 * cols;
 #else
     return row_weight(m);

@@ -283,3 +283,40 @@ def test_the_openapi_schema_names_every_route(server):
     assert {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
             "/v2/models/{model_id}/infer"} <= set(schema["paths"])
     assert json.dumps(schema)   # plain JSON
+
+
+def test_an_event_stream_pings_while_quiet_and_a_hang_up_closes_its_generator():
+    import asyncio
+
+    from edgewise.serve.app import EventStream
+
+    closed = []
+
+    async def chunks(wait):
+        try:
+            yield "data: 1\r\n\r\n"
+            await asyncio.sleep(wait)   # a long prompt, or a client gone
+            yield "data: 2\r\n\r\n"
+        finally:
+            closed.append(wait)
+
+    async def run(wait, hang_up_after):
+        sent, started = [], asyncio.get_running_loop().time()
+
+        async def receive():
+            await asyncio.sleep(hang_up_after)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+        await EventStream(chunks(wait), ping_s=0.1)({"type": "http"}, receive, send)
+        return sent, asyncio.get_running_loop().time() - started
+
+    sent, _ = asyncio.run(run(0.35, 60))
+    bodies = [m["body"] for m in sent[1:]]
+    assert sent[0]["status"] == 200 and dict(sent[0]["headers"])[b"content-type"].startswith(b"text/event-stream")
+    assert b"content-length" not in dict(sent[0]["headers"])
+    assert bodies[0] == b"data: 1\r\n\r\n" and bodies[-2:] == [b"data: 2\r\n\r\n", b""]
+    assert 2 <= bodies.count(b": ping\r\n\r\n") <= 4 and closed == [0.35]
+    sent, seconds = asyncio.run(run(60, 0.2))   # the client leaves long before the generator would end
+    assert seconds < 5 and closed == [0.35, 60] and all(m.get("more_body", True) for m in sent[1:])

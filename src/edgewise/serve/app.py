@@ -21,10 +21,9 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from sse_starlette.sse import EventSourceResponse
 
 from edgewise.errors import EdgewiseError
 from edgewise.measure import energy
@@ -39,6 +38,52 @@ PUBLIC = ("/health", "/v2/health/", "/openapi.json")
 _INFER = re.compile(r"/v2/models/([^/]+)/infer")
 _DATATYPE_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
 CHAT_STOP = "\n\nUser:"   # where an RWKV World chat model's answer ends: the next turn begins
+
+
+class EventStream(StreamingResponse):
+    """A text/event-stream of `chunks` (whole "data: ...\n\n" strings), written as they come; a
+    ": ping" comment after `ping_s` quiet seconds keeps proxies from closing a stream that waits on a
+    long prompt. When the client hangs up, the iteration is cancelled (the generator's `finally` stops
+    its generation). Written for the one shape the completions stream: sse-starlette's
+    EventSourceResponse took ~0.33 ms of the event loop a token (three anyio tasks and an event object
+    per chunk), and 8 streams of a small model on 2 cores share those cores with the decoding."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks, ping_s: float = 15.0) -> None:
+        super().__init__(chunks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.chunks, self.ping_s = chunks, ping_s   # no content-length: the body is open-ended
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = [time.monotonic()]
+
+        async def pump():
+            async for text in self.chunks:
+                await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+                last[0] = time.monotonic()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def ping():
+            while True:
+                await asyncio.sleep(self.ping_s - (time.monotonic() - last[0]))
+                if time.monotonic() - last[0] >= self.ping_s:
+                    await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                    last[0] = time.monotonic()
+
+        async def hang_up():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        tasks = [asyncio.ensure_future(job()) for job in (pump, ping, hang_up)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.chunks.aclose()
+        if tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception() is not None:
+            raise tasks[0].exception()
 
 
 @dataclass
@@ -253,17 +298,18 @@ class Server:
             async def sse():
                 try:
                     async for text, finish in events():
-                        yield {"data": json.dumps(chunk(text, finish))}
+                        yield f"data: {json.dumps(chunk(text, finish))}\r\n\r\n"
                     usage = finished(200)
                     if include_usage:
-                        yield {"data": json.dumps({**chunk(None, None), "choices": [], "usage": usage})}
-                    yield {"data": "[DONE]"}
+                        yield f"data: {json.dumps({**chunk(None, None), 'choices': [], 'usage': usage})}\r\n\r\n"
+                    yield "data: [DONE]\r\n\r\n"
                 except HTTPError as exc:
-                    yield {"data": json.dumps({"error": {"message": exc.message, "type": exc.kind, "code": exc.code}})}
+                    error = {"error": {"message": exc.message, "type": exc.kind, "code": exc.code}}
+                    yield f"data: {json.dumps(error)}\r\n\r\n"
                 finally:
                     await context.__aexit__(None, None, None)
 
-            return EventSourceResponse(sse(), ping=15)
+            return EventStream(sse())
 
         parts, finish = [], ["stop"]
 

@@ -285,8 +285,9 @@ def optimize(
         write_outputs(result, out)
     rows = [c.figures for c in result.finalists]
     print_figures(rows, BenchSettings(), f"edgewise optimize {chosen_task.name}: baseline, peer, chosen")
-    print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f} on validation, "
-          f"{result.held_out_drop:.3f} held out; {'within' if result.met else 'NOT within'} constraints) "
+    unit = "%" if relative else " points"
+    print(f"chosen: {result.chosen.recipe} (metric drop {result.chosen.drop:.3f}{unit} on validation, "
+          f"{result.held_out_drop:.3f}{unit} held out; {'within' if result.met else 'NOT within'} constraints) "
           f"from {len(result.trials)} trials")
     for line in (result.disagreement, result.message):
         if line:

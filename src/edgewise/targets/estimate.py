@@ -283,25 +283,6 @@ def _efficiencies(nodes: list[NodeWork], machine: Machine, overhead: float) -> d
     return found
 
 
-def _fit_line(nodes: list[NodeWork], machine: Machine) -> dict[str, float] | None:
-    """A kind so far below its roofline that no node's ideal time passes its fixed cost (ConvInteger:
-    ONNX Runtime's dynamic int8 convolutions, 1% of the int8 peak) says nothing through
-    `_efficiencies`, and a fixed cost alone would make a 128-channel convolution cost what a 32-channel
-    one does. Its time is still a line in its ideal time: fixed cost + ideal / efficiency, fitted by
-    least squares where the nodes' ideal times spread at least 1.5x. None where they do not."""
-    ideal = np.array([ideal_s(n, machine) for n in nodes])
-    taken = np.array([n.us * 1e-6 for n in nodes])
-    if len(nodes) < 2 or ideal.max() < 1.5 * ideal.min():
-        return None
-    slope, intercept = np.polyfit(ideal, taken, 1)
-    if slope <= 0:
-        return None
-    bounds = [_bound(n, machine) for n in nodes]
-    lo, hi = EFFICIENCY_RANGE
-    return {"overhead": max(float(intercept), machine.node_overhead),
-            max(set(bounds), key=bounds.count): min(max(1.0 / float(slope), lo), hi)}
-
-
 def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
     """Efficiency from measured nodes (their `us`, the profiler's cost taken off)."""
     kinds: dict[str, list[NodeWork]] = {}
@@ -316,8 +297,6 @@ def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
             rest = [max(n.us * 1e-6 - (node_s(n, machine, fitted) - entry["overhead"]), 0.0) for n in mine]
             entry = {"overhead": max(float(np.median(rest)), machine.node_overhead)}
             entry.update(_efficiencies(mine, machine, entry["overhead"]))
-        if "compute" not in entry and "memory" not in entry:
-            entry = _fit_line(mine, machine) or entry
         by_kind[kind] = entry
     default_overhead = machine.node_overhead   # a kind never seen: what a trivial node costs (tiny Adds)
     every = []   # each node less its own kind's fixed cost, for the defaults

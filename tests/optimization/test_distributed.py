@@ -60,7 +60,7 @@ def test_two_workers_share_one_study_without_running_a_recipe_twice(postgres, tm
     trials = 6
     workers = [_optimize_process(tmp_path / name, postgres, trials) for name in ("a", "b")]
     for worker in workers:
-        assert worker.wait(timeout=600) == 0, worker.communicate()
+        assert worker.wait(timeout=600) == 0, worker.communicate()[1][-4000:]   # the whole traceback
     study = optuna.load_study(study_name=STUDY, storage=postgres)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     recipes = [t.user_attrs["recipe"] for t in complete]

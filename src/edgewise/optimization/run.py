@@ -118,9 +118,13 @@ def pareto(trials: list[TrialRecord], objective: str) -> list[TrialRecord]:
 
 
 def _candidate(searcher: Searcher, record: TrialRecord) -> Candidate:
-    if record.onnx_path and Path(record.onnx_path).is_file():
-        return Candidate(searcher.task, searcher.workdir, recipe=(record.recipe,), onnx_path=Path(record.onnx_path))
-    rebuilt = searcher.build(record.params)  # from an earlier session of a resumed study
+    """The trial's model: its file when this search wrote it; rebuilt otherwise. Another worker's
+    file of a shared study lies in that worker's temporary folder, gone when it finishes, which can be
+    between a check that it is there and the read (the two-worker test failed so, 1 run in 4)."""
+    path = Path(record.onnx_path) if record.onnx_path else None
+    if path is not None and path.resolve().is_relative_to(Path(searcher.workdir).resolve()) and path.is_file():
+        return Candidate(searcher.task, searcher.workdir, recipe=(record.recipe,), onnx_path=path)
+    rebuilt = searcher.build(record.params)  # another worker's, or from an earlier session of a resumed study
     return Candidate(searcher.task, searcher.workdir, recipe=(record.recipe,), onnx_path=rebuilt.onnx())
 
 

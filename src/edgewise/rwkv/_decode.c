@@ -1314,8 +1314,10 @@ static inline void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, i
 typedef struct { uint8_t palette, start; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } amx_config;
 
 /* The activations of all T streams as tdpbssd's B operands, 16 streams (zero past T) a block of
- * groups x 1 KB: group g's tile row i holds streams 0..15's inputs 4i..4i+3. NULL without memory. */
-static int8_t *amx_pack(q8_rows x) {
+ * groups x 1 KB: group g's tile row i holds streams 0..15's inputs 4i..4i+3. NULL where the tiles
+ * are not for this product (AMX off, not an int8 matrix, a single stream) or without memory. */
+static int8_t *amx_pack(const ew_matrix *m, q8_rows x) {
+    if (!amx_on || m->kind != INT8 || x.tokens < 2) return NULL;
     int64_t blocks = (x.tokens + 15) / 16;
     int8_t *packed = aligned_alloc(64, (size_t)(blocks * x.groups) * 1024);
     const __m512i streams = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -1470,7 +1472,7 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
     q8_rows in = quantize_q8(m, x, T, q, scale, sum, shift, threads);
     int8_t *packed = NULL;
 #ifdef EW_AMX
-    packed = amx_on && m->kind == INT8 && T > 1 ? amx_pack(in) : NULL;   /* once, for every thread */
+    packed = amx_pack(m, in);   /* once, for every thread */
 #endif
     int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -1734,10 +1736,6 @@ static inline __attribute__((always_inline)) void dot_bf16_rows(const uint16_t *
     }
 }
 static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *out) { dot_bf16_rows(w, x, cols, 8, out); }
-/* the streams past the last 8 (a server's batch is any size as streams join and leave) */
-static void dot_bf16_few(const uint16_t *w, const float *x, int64_t cols, int n, float *out) {
-    dot_bf16_rows(w, x, cols, n, out);
-}
 #define EW_BF16_ROWS 8
 #endif
 
@@ -1763,7 +1761,7 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                     q8_rows in = quantize_q8(m, x, B, q, scale, sum, shift, 1);   /* inside the team: this thread's own */
                     int64_t r = first;
 #ifdef EW_AMX
-                    int8_t *packed = amx_on && m->kind == INT8 && B > 1 ? amx_pack(in) : NULL;
+                    int8_t *packed = amx_pack(m, in);
                     if (packed) r = amx_int8(m, in, packed, first, end, y);
                     free(packed);
 #endif
@@ -1790,9 +1788,9 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
                         dot_bf16_8((const uint16_t *)m->data + r * cols, x + b * cols, cols, out);
                         for (int k = 0; k < EW_BF16_ROWS; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
                     }
-                for (int64_t r = first; b < B && r < end; r++) {
+                for (int64_t r = first; b < B && r < end; r++) {   /* the streams past the last 8 */
                     float out[EW_BF16_ROWS];
-                    dot_bf16_few((const uint16_t *)m->data + r * cols, x + b * cols, cols, B - b, out);
+                    dot_bf16_rows((const uint16_t *)m->data + r * cols, x + b * cols, cols, B - b, out);
                     for (int k = 0; k < B - b; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
                 }
                 done = 1;

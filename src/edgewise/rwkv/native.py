@@ -156,8 +156,9 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def kernels(lib: ctypes.CDLL | None) -> str:
-    """What decodes: "c-avx512-vnni-amx" (AMX tiles for batches of streams), "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64
-    build), "c-portable" or "torch"."""
+    """What decodes: "c-avx512-vnni-amx" (AMX tiles for batches of streams and prompts),
+    "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64 build),
+    "c-portable" or "torch"."""
     if lib is None:
         return "torch"
     features = lib.ew_features()

@@ -40,8 +40,13 @@ _DATATYPE_OF = {np.dtype(v): k for k, v in DATATYPES.items()}
 CHAT_STOP = "\n\nUser:"   # where an RWKV World chat model's answer ends: the next turn begins
 
 
+def event(data: str | dict) -> str:
+    """One server-sent event: `data` as it is (a string) or as JSON."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\r\n\r\n"
+
+
 class EventStream(StreamingResponse):
-    """A text/event-stream of `chunks` (whole "data: ...\n\n" strings), written as they come; a
+    """A text/event-stream of `chunks` (whole events, see `event`), written as they come; a
     ": ping" comment after `ping_s` quiet seconds keeps proxies from closing a stream that waits on a
     long prompt. When the client hangs up, the iteration is cancelled (the generator's `finally` stops
     its generation). Written for the one shape the completions stream: sse-starlette's
@@ -298,14 +303,13 @@ class Server:
             async def sse():
                 try:
                     async for text, finish in events():
-                        yield f"data: {json.dumps(chunk(text, finish))}\r\n\r\n"
+                        yield event(chunk(text, finish))
                     usage = finished(200)
                     if include_usage:
-                        yield f"data: {json.dumps({**chunk(None, None), 'choices': [], 'usage': usage})}\r\n\r\n"
-                    yield "data: [DONE]\r\n\r\n"
+                        yield event({**chunk(None, None), "choices": [], "usage": usage})
+                    yield event("[DONE]")
                 except HTTPError as exc:
-                    error = {"error": {"message": exc.message, "type": exc.kind, "code": exc.code}}
-                    yield f"data: {json.dumps(error)}\r\n\r\n"
+                    yield event({"error": {"message": exc.message, "type": exc.kind, "code": exc.code}})
                 finally:
                     await context.__aexit__(None, None, None)
 

@@ -697,7 +697,9 @@ static int64_t row_weight(const ew_matrix *m) {
  * 5.6 ms on a server's thread against 3.0 ms on the main thread (Zen 5, 2 cores). Sense by phase
  * count: a thread reads the phase before it arrives; the last to arrive resets the count, then
  * moves the phase on. */
-typedef struct { atomic_int arrived; atomic_int phase; } spin_barrier;
+#define MAX_TEAM 64   /* threads that share a phase's chunks (claim_rows); more take no chunks */
+typedef struct { _Alignas(64) atomic_long taken; } chunk_count;   /* a cache line each: no thread writes another's */
+typedef struct { atomic_int arrived; atomic_int phase; chunk_count next[2][MAX_TEAM]; } spin_barrier;
 #define SPIN_ROUNDS 20000   /* ~0.2-1 ms of pause before yielding the core to whatever else is runnable */
 
 static inline void cpu_relax(void) {
@@ -709,11 +711,12 @@ static inline void cpu_relax(void) {
 }
 
 static void team_barrier(spin_barrier *b) {
-    int threads = omp_get_num_threads();
-    if (threads == 1) return;
+    int threads = omp_get_num_threads();   /* one thread, too, moves the phase on: claim_rows counts by it */
     int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
     if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == threads - 1) {
         atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        for (int t = 0; t < threads && t < MAX_TEAM; t++)   /* see claim_rows */
+            atomic_store_explicit(&b->next[(phase + 1) & 1][t].taken, 0, memory_order_relaxed);
         atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
         return;
     }
@@ -724,6 +727,54 @@ static void team_barrier(spin_barrier *b) {
 }
 
 #define MAX_JOBS 8
+
+/* A batch's phase is shared out in chunks of rows, each thread first taking the chunks of its own
+ * share in order (one contiguous run of the weights, as with fixed shares), then, once its share is
+ * done, the chunks left in the others': where other work shares the cores (a server's event loop and
+ * its clients), a thread the OS takes off its core mid-phase leaves the rest of its share to the
+ * others instead of keeping them at the barrier (8 streams through `edgewise serve` on 2 cores: with
+ * fixed shares the batcher spun there ~30% of its time). Each share counts its taken chunks on a
+ * cache line of its own: one counter for the team cost 2 streams 25% of their step in cache-line
+ * transfers (1500 chunks a step). A chunk is about CHUNK_COST units of the row costs (43 rows of a
+ * 768-wide int8 matrix), in multiples of 16 rows (AMX's tiles, the blocks' row pairs). Between two
+ * barriers the team counts on next[phase & 1]; the barrier's last arrival zeroes the other set. */
+#ifndef CHUNK_COST
+#define CHUNK_COST 32768
+#endif
+
+static int64_t chunk_rows(const ew_matrix *m, int64_t (*cost)(const ew_matrix *)) {
+    int64_t rows = (CHUNK_COST / cost(m) + 15) / 16 * 16;
+    return rows > 16 ? rows : 16;
+}
+
+/* The next chunk for this thread: job *j's rows [*first, *end); 0 when the phase has none left */
+static int claim_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), spin_barrier *sync,
+                      int *j, int64_t *first, int64_t *end) {
+    int64_t sizes[MAX_JOBS], counts[MAX_JOBS], chunks = 0;
+    for (int k = 0; k < count; k++) {
+        sizes[k] = chunk_rows(jobs[k].m, cost);
+        counts[k] = (jobs[k].m->rows + sizes[k] - 1) / sizes[k];
+        chunks += counts[k];
+    }
+    int threads = omp_get_num_threads() < MAX_TEAM ? omp_get_num_threads() : MAX_TEAM, me = omp_get_thread_num();
+    if (me >= MAX_TEAM) return 0;
+    chunk_count *next = sync->next[atomic_load_explicit(&sync->phase, memory_order_acquire) & 1];
+    for (int i = 0; i < threads; i++) {   /* its own share, then the next thread's, and so on */
+        int t = (me + i) % threads;
+        int64_t lo = chunks * t / threads, size = chunks * (t + 1) / threads - lo;
+        if (atomic_load_explicit(&next[t].taken, memory_order_relaxed) >= size) continue;
+        int64_t chunk = atomic_fetch_add_explicit(&next[t].taken, 1, memory_order_relaxed);
+        if (chunk >= size) continue;
+        chunk += lo;
+        for (int k = 0; k < count; chunk -= counts[k], k++)
+            if (chunk < counts[k]) {
+                int64_t rows = jobs[k].m->rows;
+                *j = k, *first = chunk * sizes[k], *end = (chunk + 1) * sizes[k] < rows ? (chunk + 1) * sizes[k] : rows;
+                return 1;
+            }
+    }
+    return 0;
+}
 
 /* This thread's rows of each job, [first[j], end[j]): all rows of all jobs are shared in contiguous
  * runs of equal cost; a row belongs to the thread whose share holds its start. */
@@ -1387,20 +1438,26 @@ static void amx_rows_int8(const ew_matrix *m, int64_t r0, q8_rows x, const int8_
         _mm512_storeu_ps(y + (t0 + n) * rows + r0, _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), out, 4));
 }
 
-/* Rows [first, end) of an INT8 matrix for the T streams amx_pack packed, 16 at a time; returns the
- * first row it left (fewer than 16 remain). The tile configuration is loaded here and released
- * after: the thread may run other AMX code (oneDNN's, in torch) between calls. */
-__attribute__((target("amx-tile,amx-int8")))
-static int64_t amx_int8(const ew_matrix *m, q8_rows x, const int8_t *packed, int64_t first, int64_t end, float *y) {
+/* Loads the tile configuration (on) or releases the tiles (off): once per thread around the AMX
+ * products of a phase, not per call (a chunk of rows: loading and releasing per chunk made 2 streams'
+ * steps 16% slower). Released after: the thread may run other AMX code (oneDNN's, in torch) between. */
+__attribute__((target("amx-tile")))
+static void amx_tiles(int on) {
     static const amx_config config __attribute__((aligned(64))) = {
         1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
-    _tile_loadconfig(&config);
+    if (on) _tile_loadconfig(&config);
+    else _tile_release();
+}
+
+/* Rows [first, end) of an INT8 matrix for the T streams amx_pack packed, 16 at a time, with the
+ * tiles configured (amx_tiles); returns the first row it left (fewer than 16 remain). */
+__attribute__((target("amx-tile,amx-int8")))
+static int64_t amx_int8(const ew_matrix *m, q8_rows x, const int8_t *packed, int64_t first, int64_t end, float *y) {
     int64_t r = first;
     for (int64_t t0 = 0; t0 < x.tokens; t0 += 16) {
         int nt = x.tokens - t0 < 16 ? (int)(x.tokens - t0) : 16;
         for (r = first; r + 16 <= end; r += 16) amx_rows_int8(m, r, x, packed + t0 / 16 * x.groups * 1024, t0, nt, y);
     }
-    _tile_release();
     return r;
 }
 #endif
@@ -1475,20 +1532,29 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
     packed = amx_pack(m, in);   /* once, for every thread */
 #endif
     int64_t blocks = (m->rows + Q8_ROW_BLOCK - 1) / Q8_ROW_BLOCK;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; b++) {
-        int64_t first = b * Q8_ROW_BLOCK, end = first + Q8_ROW_BLOCK < m->rows ? first + Q8_ROW_BLOCK : m->rows;
+#pragma omp parallel num_threads(threads)
+    {
 #ifdef EW_AMX
-        if (packed) first = amx_int8(m, in, packed, first, end, y);
+        if (packed) amx_tiles(1);
 #endif
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-            int64_t r = first;
-            for (; r + 2 <= end; r += 2) q8_block(m, r, 2, in, t, 4, y);
-            if (r < end) q8_block(m, r, 1, in, t, 4, y);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t first = b * Q8_ROW_BLOCK, end = first + Q8_ROW_BLOCK < m->rows ? first + Q8_ROW_BLOCK : m->rows;
+#ifdef EW_AMX
+            if (packed) first = amx_int8(m, in, packed, first, end, y);
+#endif
+            int64_t t = 0;
+            for (; t + 4 <= T; t += 4) {
+                int64_t r = first;
+                for (; r + 2 <= end; r += 2) q8_block(m, r, 2, in, t, 4, y);
+                if (r < end) q8_block(m, r, 1, in, t, 4, y);
+            }
+            for (; t < T; t++)
+                for (int64_t r = first; r < end; r++) q8_block(m, r, 1, in, t, 1, y);
         }
-        for (; t < T; t++)
-            for (int64_t r = first; r < end; r++) q8_block(m, r, 1, in, t, 1, y);
+#ifdef EW_AMX
+        if (packed) amx_tiles(0);
+#endif
     }
     free(q), free(scale), free(sum), free(shift), free(packed);
     return OK;
@@ -1684,8 +1750,8 @@ int ew_decode(const ew_model *m, int64_t token, const ew_state *in, ew_state *ou
 
 #define MAX_BATCH 256
 
-/* The jobs of one phase for B streams: job.x is [B, cols], job.y [B, rows]. Threads share rows by
- * bytes as in run_jobs; each row is read once for all B streams. int8 and int4 rows go through the
+/* The jobs of one phase for B streams: job.x is [B, cols], job.y [B, rows]. Threads take the rows
+ * in chunks (claim_rows); each row is read once for all B streams. int8 and int4 rows go through the
  * int8-activation blocks of ew_gemm_q8 where they have SIMD code (4 streams x 2 rows in registers),
  * each thread quantizing the phase's inputs itself (a few KB: cheaper than a barrier). */
 /* What a row costs a batch, in the same units as row_weight: streams multiply it, and then the
@@ -1739,69 +1805,84 @@ static void dot_bf16_8(const uint16_t *w, const float *x, int64_t cols, float *o
 #define EW_BF16_ROWS 8
 #endif
 
-static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync) {
-    int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
-    share_rows(jobs, count, batch_row_weight, firsts, ends);
-    for (int j = 0; j < count; j++) {
-        const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols, rows = m->rows;
-        if (ends[j] > firsts[j]) {
-            int64_t first = firsts[j], end = ends[j];
-            const float *x = jobs[j].x;
-            float *y = jobs[j].y;
-            int done = 0;
+/* One thread's inputs of a job, quantized (and packed for AMX) the first time it takes a chunk of it */
+typedef struct { int ready; int8_t *q, *packed; float *scale, *shift; int32_t *sum; q8_rows in; } batch_inputs;
+
+static void batch_chunk(const job *jb, batch_inputs *p, int B, int64_t first, int64_t end, int *tiles) {
+    const ew_matrix *m = jb->m;
+    int64_t cols = m->cols, rows = m->rows;
+    const float *x = jb->x;
+    float *y = jb->y;
 #ifdef EW_GEMM_Q8_SIMD
-            if ((m->kind == INT8 || m->kind == INT4) && cols % GROUP == 0 && end > first) {
-                int64_t G = cols / GROUP;
-                int8_t *q = malloc((size_t)(B * cols));
-                float *scale = malloc(sizeof(float) * (size_t)(B * G));
-                int32_t *sum = malloc(sizeof(int32_t) * (size_t)(B * G));
-                float *shift = malloc(sizeof(float) * (size_t)B);
-                if (q && scale && sum && shift) {
-                    q8_rows in = quantize_q8(m, x, B, q, scale, sum, shift, 1);   /* inside the team: this thread's own */
-                    int64_t r = first;
+    if ((m->kind == INT8 || m->kind == INT4) && cols % GROUP == 0) {
+        if (!p->ready) {
+            int64_t G = cols / GROUP;
+            p->ready = 1;
+            p->q = malloc((size_t)(B * cols));
+            p->scale = malloc(sizeof(float) * (size_t)(B * G));
+            p->sum = malloc(sizeof(int32_t) * (size_t)(B * G));
+            p->shift = malloc(sizeof(float) * (size_t)B);
+            if (p->q && p->scale && p->sum && p->shift) {
+                p->in = quantize_q8(m, x, B, p->q, p->scale, p->sum, p->shift, 1);   /* inside the team: this thread's own */
 #ifdef EW_AMX
-                    int8_t *packed = amx_pack(m, in);
-                    if (packed) r = amx_int8(m, in, packed, first, end, y);
-                    free(packed);
+                p->packed = amx_pack(m, p->in);
 #endif
-                    for (; r + 2 <= end; r += 2) {
-                        int b = 0;
-                        for (; b + Q8_TOKENS <= B; b += Q8_TOKENS) q8_block(m, r, 2, in, b, Q8_TOKENS, y);
-                        for (; b + 4 <= B; b += 4) q8_block(m, r, 2, in, b, 4, y);
-                        if (b < B) q8_block(m, r, 2, in, b, B - b, y);
-                    }
-                    if (r < end) q8_block(m, r, 1, in, 0, B, y);
-                    for (int b = 0; b < B; b++)
-                        for (int64_t k = first; k < end; k++) y[b * rows + k] = activate(y[b * rows + k], jobs[j].activation);
-                    done = 1;
-                }
-                free(q), free(scale), free(sum), free(shift);
+            }
+        }
+        if (p->q && p->scale && p->sum && p->shift) {
+            int64_t r = first;
+#ifdef EW_AMX
+            if (p->packed) {
+                if (!*tiles) amx_tiles(1), *tiles = 1;
+                r = amx_int8(m, p->in, p->packed, first, end, y);
             }
 #endif
-#ifdef EW_BF16_ROWS
-            if (!done && m->kind == BF16) {
+            for (; r + 2 <= end; r += 2) {
                 int b = 0;
-                for (; b + EW_BF16_ROWS <= B; b += EW_BF16_ROWS)
-                    for (int64_t r = first; r < end; r++) {
-                        float out[EW_BF16_ROWS];
-                        dot_bf16_8((const uint16_t *)m->data + r * cols, x + b * cols, cols, out);
-                        for (int k = 0; k < EW_BF16_ROWS; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
-                    }
-                for (int64_t r = first; b < B && r < end; r++) {   /* the streams past the last 8 */
-                    float out[EW_BF16_ROWS];
-                    dot_bf16_rows((const uint16_t *)m->data + r * cols, x + b * cols, cols, B - b, out);
-                    for (int k = 0; k < B - b; k++) y[(b + k) * rows + r] = activate(out[k], jobs[j].activation);
-                }
-                done = 1;
+                for (; b + Q8_TOKENS <= B; b += Q8_TOKENS) q8_block(m, r, 2, p->in, b, Q8_TOKENS, y);
+                for (; b + 4 <= B; b += 4) q8_block(m, r, 2, p->in, b, 4, y);
+                if (b < B) q8_block(m, r, 2, p->in, b, B - b, y);
             }
-#endif
-            if (!done)
-                for (int64_t r = first; r < end; r++)
-                    for (int b = 0; b < B; b++)
-                        y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jobs[j].activation);
+            if (r < end) q8_block(m, r, 1, p->in, 0, B, y);
+            for (int b = 0; b < B; b++)
+                for (int64_t k = first; k < end; k++) y[b * rows + k] = activate(y[b * rows + k], jb->activation);
+            return;
         }
     }
+#endif
+#ifdef EW_BF16_ROWS
+    if (m->kind == BF16) {
+        int b = 0;
+        for (; b + EW_BF16_ROWS <= B; b += EW_BF16_ROWS)
+            for (int64_t r = first; r < end; r++) {
+                float out[EW_BF16_ROWS];
+                dot_bf16_8((const uint16_t *)m->data + r * cols, x + b * cols, cols, out);
+                for (int k = 0; k < EW_BF16_ROWS; k++) y[(b + k) * rows + r] = activate(out[k], jb->activation);
+            }
+        for (int64_t r = first; b < B && r < end; r++) {   /* the streams past the last 8 */
+            float out[EW_BF16_ROWS];
+            dot_bf16_rows((const uint16_t *)m->data + r * cols, x + b * cols, cols, B - b, out);
+            for (int k = 0; k < B - b; k++) y[(b + k) * rows + r] = activate(out[k], jb->activation);
+        }
+        return;
+    }
+#endif
+    for (int64_t r = first; r < end; r++)
+        for (int b = 0; b < B; b++)
+            y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jb->activation);
+}
+
+static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync) {
+    batch_inputs inputs[MAX_JOBS] = {{0}};
+    int j, tiles = 0;
+    int64_t first, end;
+    while (claim_rows(jobs, count, batch_row_weight, sync, &j, &first, &end))
+        batch_chunk(&jobs[j], &inputs[j], B, first, end, &tiles);
+#ifdef EW_AMX
+    if (tiles) amx_tiles(0);
+#endif
+    for (j = 0; j < count; j++)
+        free(inputs[j].q), free(inputs[j].scale), free(inputs[j].sum), free(inputs[j].shift), free(inputs[j].packed);
     team_barrier(sync);
 }
 
@@ -1860,7 +1941,7 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
         for (int i = 0; i < m->layers; i++) {
             const ew_layer *L = &m->layer[i];
             size_t state = (size_t)i * H * N * N;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(guided) nowait
             for (int64_t b = 0; b < B; b++) {
                 float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *att = states[b].att + (size_t)i * C;
                 if (i > 0)
@@ -1882,7 +1963,7 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
             job second[] = {{&L->w2, wl, s.lw, NONE}, {&L->a2, al, s.la, NONE}, {&L->g2, gl, s.g, NONE},
                             {&L->v2, vl, s.lv, NONE}};
             run_jobs_batch(second, L->v1.rows ? 4 : 3, (int)B, &sync);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(guided) nowait
             for (int64_t bh = 0; bh < B * H; bh++) {
                 int64_t b = bh / H;
                 int h = (int)(bh % H);
@@ -1895,7 +1976,7 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
             team_barrier(&sync);
             job out[] = {{&L->o, s.y, s.dx, NONE}};
             run_jobs_batch(out, 1, (int)B, &sync);
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(guided) nowait
             for (int64_t b = 0; b < B; b++) {
                 float *x = s.x + b * C, *dx = s.dx + b * C, *xa = s.xa + b * C, *ffn = states[b].ffn + (size_t)i * C;
                 for (int c = 0; c < C; c++) x[c] += dx[c];
@@ -1908,7 +1989,7 @@ int ew_decode_batch(const ew_model *m, int64_t B, const int64_t *tokens, ew_stat
             job value[] = {{&L->fv, s.hidden, s.dx, NONE}};
             run_jobs_batch(value, 1, (int)B, &sync);
         }
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(guided) nowait
         for (int64_t b = 0; b < B; b++) {
             float *x = s.x + b * C, *dx = s.dx + b * C;
             for (int c = 0; c < C; c++) x[c] += dx[c];

@@ -381,3 +381,29 @@ def test_int4_rows_in_blocks_and_the_rows_left_over_match_the_dequantized_produc
     got = native.matmul(kernels(path), native.describe(matrix, []), x)
     expected = x @ matrix.dequantized(slice(None), torch.float32).T
     assert cosine(got.numpy().ravel(), expected.numpy().ravel()) > 0.999 and relative_error(got.numpy(), expected.numpy()) < 0.02
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_c_sampler_draws_the_tokens_numpy_draws(path):
+    from edgewise.rwkv.sampling import Sampler, Sampling, _draw
+
+    rng = np.random.default_rng(3)
+    vocab, rows = 65536 + 100, 48   # a last block of 100: not a whole 256
+    logits = (rng.standard_normal((rows, vocab)) * rng.uniform(0.3, 8, (rows, 1))).astype(np.float32)
+    logits[5, 1234] = logits[5].max() + 1   # a greedy row with its maximum inside, and one at the end
+    logits[6, -1] = logits[6].max() + 1
+    temperature = np.array([0.0 if b in (5, 6) else rng.choice([0.3, 1.0, 1.7]) for b in range(rows)], np.float32)
+    u = rng.random(rows)
+    got = native.sample(kernels(path), logits, temperature, u)
+    expected = [int(np.argmax(row)) if t == 0 else _draw(np.exp((row - row.max()) * np.float32(1 / t)), v)
+                for row, t, v in zip(logits, temperature, u)]
+    assert got.tolist() == expected and got[5] == 1234 and got[6] == vocab - 1
+
+    # a server's step: rows whose samplers read the whole vocabulary go to C, the others stay in numpy
+    from edgewise.rwkv.sampling import draw
+    settings = [Sampling(temperature=1.0, top_p=1.0, seed=1), Sampling(top_p=0.5, seed=2),
+                Sampling(temperature=0), Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.5, seed=4)]
+    alone = [Sampler(s, vocab)._here(row) for s, row in zip(settings, logits)]
+    assert draw([Sampler(s, vocab) for s in settings], logits[:4]) == alone
+    logits[2, 7] = np.nan
+    assert native.sample(kernels(path), logits[:3], temperature[:3], u[:3]) is None

@@ -135,6 +135,8 @@ def load(path: str | Path) -> ctypes.CDLL:
     lib.ew_wkv.restype = ctypes.c_int
     lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
                            + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
+    lib.ew_sample.restype = ctypes.c_int
+    lib.ew_sample.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -282,6 +284,24 @@ def matmul(lib: ctypes.CDLL, matrix: Matrix, x: torch.Tensor, int8_activations: 
     _raise_for(lib, kernel(ctypes.byref(matrix), _ptr(x), x.numel(), x.shape[0], _ptr(y), y.numel(),
                            torch.get_num_threads()), "matmul")
     return y
+
+
+NOT_FINITE = 5   # ew_sample: a row of logits holds NaN or an infinity
+
+
+def sample(lib: ctypes.CDLL, logits: np.ndarray, temperature: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+    """Tokens [B] drawn from logits [B, vocab] (float32, C-contiguous) through `ew_sample`: row b's
+    argmax where temperature[b] is 0, else its draw at u[b] from the softmax at that temperature over
+    the whole vocabulary. None when a row is not finite."""
+    B, vocab = logits.shape
+    temperature, u = np.ascontiguousarray(temperature, np.float32), np.ascontiguousarray(u, np.float64)
+    tokens = np.empty(B, np.int64)
+    status = lib.ew_sample(logits.ctypes.data, B, vocab, temperature.ctypes.data, u.ctypes.data, tokens.ctypes.data,
+                           torch.get_num_threads())
+    if status == NOT_FINITE:
+        return None
+    _raise_for(lib, status, "sampling")
+    return tokens
 
 
 def dequantize(lib: ctypes.CDLL, matrix: Matrix, rows: range) -> torch.Tensor:

@@ -36,25 +36,35 @@ class Sampling:
 
 
 SORTED = 4096   # nuclei larger than this are cut at a threshold found by sorting values, not indices
+DAMAGED = ("the model's logits are not finite (NaN or inf): its weights are damaged; "
+           "convert or download the checkpoint again")
 
 
 class Sampler:
     def __init__(self, settings: Sampling, vocab: int) -> None:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
+        penalised = bool(settings.presence_penalty or settings.frequency_penalty)
         # occurrence counts, only where a penalty reads them: a vocabulary of doubles (512 KB at 65536)
         # for each live stream of a server otherwise
-        self.counts = np.zeros(vocab, np.float64) if settings.presence_penalty or settings.frequency_penalty else None
+        self.counts = np.zeros(vocab, np.float64) if penalised else None
+        # drawn by the C kernels where they run (see `draw`): greedily, or from the whole vocabulary
+        # (top-p 1, no top-k: OpenAI's defaults), without penalties
+        self.whole = not penalised and (settings.temperature == 0 or
+                                        (settings.top_p >= 1 and (settings.top_k == 0 or settings.top_k >= vocab)))
 
     def __call__(self, logits: np.ndarray) -> int:
+        return draw([self], np.asarray(logits, np.float32)[None])[0]
+
+    def _here(self, logits: np.ndarray) -> int:
+        """The next token, drawn in numpy."""
         s = self.settings
         scores = np.asarray(logits, np.float32)
         # NaN or an infinity anywhere makes the largest or the smallest one so: two passes over the
         # vocabulary, not an array of 65536 flags per token and stream
         top = scores.max()
         if not (np.isfinite(top) and np.isfinite(scores.min())):
-            raise EdgewiseError("the model's logits are not finite (NaN or inf): its weights are damaged; "
-                                "convert or download the checkpoint again")
+            raise EdgewiseError(DAMAGED)
         if s.presence_penalty or s.frequency_penalty:
             scores = scores - (s.presence_penalty * (self.counts > 0) + s.frequency_penalty * self.counts).astype(np.float32)
             top = scores.max()
@@ -110,6 +120,29 @@ class Sampler:
         full = np.zeros(len(scores))
         full[slice(None) if tokens is None else tokens] = probs / probs.sum()
         return full
+
+
+def draw(samplers: list[Sampler], logits: np.ndarray) -> list[int]:
+    """The next token of each row of logits [B, vocab], row b's drawn by samplers[b]. The rows whose
+    sampler reads the whole vocabulary are drawn together by the C kernels where they run (`ew_sample`:
+    one pass over a row, on the team's threads; the same tokens as numpy's for the same u, up to its
+    exponentials' 2 ulp), the others here: numpy's five passes and vocabulary-sized arrays cost ~0.13 ms
+    a row, serial on a server's batcher thread between its steps."""
+    from edgewise.rwkv import native
+
+    lib = native.library()
+    tokens: list[int | None] = [None] * len(samplers)
+    whole = [b for b, sampler in enumerate(samplers) if sampler.whole] if lib is not None else []
+    if whole:
+        rows = np.ascontiguousarray(logits if len(whole) == len(samplers) else logits[whole], np.float32)
+        temperature = [samplers[b].settings.temperature for b in whole]
+        u = [samplers[b].rng.random() if t else 0.0 for b, t in zip(whole, temperature)]
+        drawn = native.sample(lib, rows, np.array(temperature), np.array(u))
+        if drawn is None:
+            raise EdgewiseError(DAMAGED)
+        for b, token in zip(whole, drawn.tolist()):
+            tokens[b] = token
+    return [samplers[b]._here(logits[b]) if token is None else token for b, token in enumerate(tokens)]
 
 
 def _draw(weights: np.ndarray, u: float, block: int = 256) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from edgewise.errors import EdgewiseError
 from edgewise.rwkv.generate import TextStream
 from edgewise.rwkv.runtime import RWKV
-from edgewise.rwkv.sampling import Sampler, Sampling
+from edgewise.rwkv.sampling import Sampler, Sampling, draw
 from edgewise.rwkv.state import RWKVState, StateBatch
 from edgewise.rwkv.tokenizer import END_OF_TEXT, WorldTokenizer
 
@@ -233,9 +233,10 @@ class Batcher:
         self.active.append(stream)
         self.batch = StateBatch.stack([state]) if self.batch is None else self.batch.joined(state)
 
-    def _sample(self, stream: Stream, logits: np.ndarray) -> bool:
-        """Draw the next token and emit its text; True when the stream is done."""
-        token = stream.sampler(logits)
+    def _sample(self, stream: Stream, logits: np.ndarray, token: int | None = None) -> bool:
+        """Draw the next token (unless given: drawn with the step's) and emit its text; True when the
+        stream is done."""
+        token = stream.sampler(logits) if token is None else token
         stream.completion_tokens += 1
         piece = stream.text.push(token)
         if piece:
@@ -246,6 +247,7 @@ class Batcher:
     def _step(self) -> None:
         started = time.process_time()
         logits = self.model.step([s.next_token for s in self.active], self.batch)
+        tokens = draw([s.sampler for s in self.active], logits)   # every stream's next, together
         share = (time.process_time() - started) / len(self.active)
         self.steps += 1
         self.streams_per_step += len(self.active)
@@ -253,7 +255,7 @@ class Batcher:
         for row, stream in enumerate(self.active):
             stream.fed.append(stream.next_token)
             stream.cpu_s += share
-            if stream.cancelled or self._sample(stream, logits[row]):
+            if stream.cancelled or self._sample(stream, logits[row], tokens[row]):
                 leaving.append(row)
                 self._finish(stream, self.batch.get(row), logits[row])
         if leaving:

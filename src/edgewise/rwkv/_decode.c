@@ -728,31 +728,27 @@ static void team_barrier(spin_barrier *b) {
 
 #define MAX_JOBS 8
 
-/* A batch's phase is shared out in chunks of rows, each thread first taking the chunks of its own
- * share in order (one contiguous run of the weights, as with fixed shares), then, once its share is
- * done, the chunks left in the others': where other work shares the cores (a server's event loop and
- * its clients), a thread the OS takes off its core mid-phase leaves the rest of its share to the
- * others instead of keeping them at the barrier (8 streams through `edgewise serve` on 2 cores: with
- * fixed shares the batcher spun there ~30% of its time). Each share counts its taken chunks on a
- * cache line of its own: one counter for the team cost 2 streams 25% of their step in cache-line
- * transfers (1500 chunks a step). A chunk is about CHUNK_COST units of the row costs (43 rows of a
- * 768-wide int8 matrix), in multiples of 16 rows (AMX's tiles, the blocks' row pairs). Between two
- * barriers the team counts on next[phase & 1]; the barrier's last arrival zeroes the other set. */
-#ifndef CHUNK_COST
-#define CHUNK_COST 32768
-#endif
-
-static int64_t chunk_rows(const ew_matrix *m, int64_t (*cost)(const ew_matrix *)) {
-    int64_t rows = (CHUNK_COST / cost(m) + 15) / 16 * 16;
+/* A phase's rows are shared out in chunks, each thread first taking the chunks of its own share in
+ * order (one contiguous run of the weights, as with fixed shares), then, once its share is done, the
+ * chunks left in the others': where other work shares the cores (a server's event loop and its
+ * clients), a thread the OS takes off its core mid-phase leaves the rest of its share to the others
+ * instead of keeping them at the barrier (8 streams through `edgewise serve` on 2 cores: with fixed
+ * shares the batcher spun there ~30% of its time). Each share counts its taken chunks on a cache line
+ * of its own: one counter for the team cost 2 streams 25% of their step in cache-line transfers.
+ * A chunk is about `chunk` units of the row costs, in multiples of 16 rows (AMX's tiles, the blocks'
+ * row pairs). Between two barriers the team counts on next[phase & 1]; the barrier's last arrival
+ * zeroes the other set. */
+static int64_t chunk_rows(const ew_matrix *m, int64_t (*cost)(const ew_matrix *), int64_t chunk) {
+    int64_t rows = (chunk / cost(m) + 15) / 16 * 16;
     return rows > 16 ? rows : 16;
 }
 
 /* The next chunk for this thread: job *j's rows [*first, *end); 0 when the phase has none left */
-static int claim_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), spin_barrier *sync,
-                      int *j, int64_t *first, int64_t *end) {
+static int claim_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), int64_t chunk_cost,
+                      spin_barrier *sync, int *j, int64_t *first, int64_t *end) {
     int64_t sizes[MAX_JOBS], counts[MAX_JOBS], chunks = 0;
     for (int k = 0; k < count; k++) {
-        sizes[k] = chunk_rows(jobs[k].m, cost);
+        sizes[k] = chunk_rows(jobs[k].m, cost, chunk_cost);
         counts[k] = (jobs[k].m->rows + sizes[k] - 1) / sizes[k];
         chunks += counts[k];
     }
@@ -776,70 +772,64 @@ static int claim_rows(const job *jobs, int count, int64_t (*cost)(const ew_matri
     return 0;
 }
 
-/* This thread's rows of each job, [first[j], end[j]): all rows of all jobs are shared in contiguous
- * runs of equal cost; a row belongs to the thread whose share holds its start. */
-static void share_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), int64_t *first, int64_t *end) {
-    int64_t total = 0;
-    for (int j = 0; j < count; j++) total += (int64_t)jobs[j].m->rows * cost(jobs[j].m);
-    int t = omp_get_thread_num(), threads = omp_get_num_threads();
-    int64_t lo = total * t / threads, hi = total * (t + 1) / threads, pos = 0;
-    for (int j = 0; j < count; j++) {
-        int64_t rows = jobs[j].m->rows, unit = cost(jobs[j].m), size = rows * unit;
-        first[j] = end[j] = 0;
-        if (pos + size > lo && pos < hi) {
-            first[j] = lo > pos ? (lo - pos + unit - 1) / unit : 0;
-            end[j] = hi < pos + size ? (hi - pos + unit - 1) / unit : rows;
-        }
-        pos += size;
-    }
-}
+/* Called by every thread of the team: the rows of all jobs are taken in chunks (claim_rows) of about
+ * RUN_CHUNK units of row_weight (48 KB of weights: 64 rows of a 768-wide int8 matrix); ends with a
+ * barrier. Where a job's rows take prepared inputs (int8 activations), a thread prepares them the
+ * first time it takes one of its chunks. */
+#define RUN_CHUNK 98304
 
 static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
-    int64_t firsts[MAX_JOBS], ends[MAX_JOBS];
-    share_rows(jobs, count, row_weight, firsts, ends);
+#ifdef EW_INT4_Q8
+    int64_t at[MAX_JOBS + 1] = {0};   /* each job's prepared inputs in `store`, in int32s: sums, scales, q */
+    int prepared[MAX_JOBS] = {0}, ready[MAX_JOBS] = {0};
     for (int j = 0; j < count; j++) {
         const ew_matrix *m = jobs[j].m;
-        int64_t cols = m->cols;
-        if (ends[j] > firsts[j]) {
-            int first = (int)firsts[j], end = (int)ends[j];
-#ifdef EW_INT4_Q8
-            int int4 = m->kind == INT4, pairs = cols / GROUP / 2 + 1;
 #ifdef EW_INT8_Q8
-            int int8 = m->kind == INT8 && cols % GROUP == 0;
+        prepared[j] = m->kind == INT4 || (m->kind == INT8 && m->cols % GROUP == 0);
 #else
-            int int8 = 0;
+        prepared[j] = m->kind == INT4;
 #endif
-            int prepared = int4 || int8;
-            int8_t q[prepared ? cols : 1];
-            int32_t sums[prepared ? pairs * 16 : 1];
-            float scales[prepared ? pairs * 16 : 1];
-            q8_inputs in = {q, sums, scales};
+        int64_t pairs = m->cols / GROUP / 2 + 1;
+        at[j + 1] = at[j] + (prepared[j] ? (2 * pairs * 16 + (m->cols + 3) / 4 + 15) / 16 * 16 : 0);
+    }
+    int32_t store[at[count] + 16] __attribute__((aligned(64)));
+#endif
+    int j;
+    int64_t first, end;
+    while (claim_rows(jobs, count, row_weight, RUN_CHUNK, sync, &j, &first, &end)) {
+        const ew_matrix *m = jobs[j].m;
+        int64_t cols = m->cols, r = first;
+#ifdef EW_INT4_Q8
+        int64_t pairs = cols / GROUP / 2 + 1;
+        q8_inputs in = {(int8_t *)(store + at[j] + 2 * pairs * 16), store + at[j], (float *)(store + at[j] + pairs * 16)};
+        int int4 = m->kind == INT4, int8 = prepared[j] && !int4;
+        if (prepared[j] && !ready[j]) {
             if (int4) prepare_int4(jobs[j].x, m->cols, in);
-            else if (int8) prepare_q8(jobs[j].x, m->cols, in);
+            else prepare_q8(jobs[j].x, m->cols, in);
+            ready[j] = 1;
+        }
 #endif
-            int r = first;
 #ifdef EW_INT4_ROWS
-            for (; int4 && r + EW_INT4_ROWS <= end; r += EW_INT4_ROWS) {
-                float y[EW_INT4_ROWS];
-                dotR_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols, y,
-                             EW_INT4_ROWS);
-                for (int k = 0; k < EW_INT4_ROWS; k++) jobs[j].y[r + k] = activate(y[k], jobs[j].activation);
-            }
+        for (; int4 && r + EW_INT4_ROWS <= end; r += EW_INT4_ROWS) {
+            float y[EW_INT4_ROWS];
+            dotR_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols, y,
+                         EW_INT4_ROWS);
+            for (int k = 0; k < EW_INT4_ROWS; k++) jobs[j].y[r + k] = activate(y[k], jobs[j].activation);
+        }
 #endif
 #ifdef EW_INT8_Q8
-            for (; int8 && r < end; r++)   /* a row at a time, in memory order (see dot_int8_q8) */
-                jobs[j].y[r] = activate(dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols) * m->scale[r],
-                                        jobs[j].activation);
+        for (; int8 && r < end; r++)   /* a row at a time, in memory order (see dot_int8_q8) */
+            jobs[j].y[r] = activate(dot_int8_q8((const int8_t *)m->data + r * cols, in, m->cols) * m->scale[r],
+                                    jobs[j].activation);
 #endif
-            for (; r < end; r++) {
+        for (; r < end; r++) {
 #ifdef EW_INT4_Q8
-                float y = int4 ? dot_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
-                               : row_dot(m, r, jobs[j].x);
+            float y = int4 ? dot_int4_q8((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols)
+                           : row_dot(m, r, jobs[j].x);
 #else
-                float y = row_dot(m, r, jobs[j].x);
+            float y = row_dot(m, r, jobs[j].x);
 #endif
-                jobs[j].y[r] = activate(y, jobs[j].activation);
-            }
+            jobs[j].y[r] = activate(y, jobs[j].activation);
         }
     }
     team_barrier(sync);
@@ -1872,11 +1862,13 @@ static void batch_chunk(const job *jb, batch_inputs *p, int B, int64_t first, in
             y[b * rows + r] = activate(row_dot(m, (int)r, x + b * cols), jb->activation);
 }
 
+#define BATCH_CHUNK 32768   /* units of batch_row_weight: 48 rows of a 768-wide int8 matrix */
+
 static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync) {
     batch_inputs inputs[MAX_JOBS] = {{0}};
     int j, tiles = 0;
     int64_t first, end;
-    while (claim_rows(jobs, count, batch_row_weight, sync, &j, &first, &end))
+    while (claim_rows(jobs, count, batch_row_weight, BATCH_CHUNK, sync, &j, &first, &end))
         batch_chunk(&jobs[j], &inputs[j], B, first, end, &tiles);
 #ifdef EW_AMX
     if (tiles) amx_tiles(0);

@@ -1834,7 +1834,7 @@ static void batch_chunk(const job *jb, batch_inputs *p, int B, int64_t first, in
                 if (b < B) q8_block(m, r, 2, p->in, b, B - b, y);
             }
             if (r < end) q8_block(m, r, 1, p->in, 0, B, y);
-            for (int b = 0; b < B; b++)
+            for (int b = 0; jb->activation != NONE && b < B; b++)
                 for (int64_t k = first; k < end; k++) y[b * rows + k] = activate(y[b * rows + k], jb->activation);
             return;
         }

@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,24 @@ def test_a_batch_step_advances_every_stream_as_its_own_decode_would(checkpoints,
     assert cosine(model.step([9], single)[0], model.forward([9], states[2], use_cache=False)[0]) > 0.99999
     with pytest.raises(EdgewiseError, match="2 tokens for 1 streams"):
         model.step([1, 2], single)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("kernels", ["c", "torch"])
+def test_a_step_writes_its_logits_into_a_given_buffer(checkpoints, streams, kernels):
+    from edgewise.rwkv import native
+
+    model = RWKV.load(checkpoints["other"], quant="int8")
+    states = [model.forward(TOKENS[:n + 2], use_cache=False)[1] for n in range(streams)]
+    tokens = [4, 8, 15][:streams]
+    with native.disabled() if kernels == "torch" else contextlib.nullcontext():
+        expected = model.step(tokens, StateBatch.stack(states))
+        buffer = np.full((streams, model.dims.vocab), np.nan, np.float32)
+        got = model.step(tokens, StateBatch.stack(states), buffer)
+        assert np.shares_memory(got, buffer) and np.array_equal(buffer, expected)
+        if kernels == "c":   # the C step checks the buffer it writes into
+            with pytest.raises(ValueError, match="logits buffer must be float32"):
+                model.step(tokens, StateBatch.stack(states), np.empty((streams, model.dims.vocab - 1), np.float32))
 
 
 def test_state_save_load_gives_identical_logits(tmp_path, checkpoints):

@@ -366,10 +366,10 @@ class Decoder:
         self._keep.append(tensor)
         return Vector(_ptr(tensor), tensor.numel())
 
-    def step(self, token: int, state, out=None) -> np.ndarray:
+    def step(self, token: int, state, out=None, logits: np.ndarray | None = None) -> np.ndarray:
         """Logits after `token`; `state` (an RWKVState) is read and `out` (default: `state`)
         receives the next state. C writes into `out`: it must be float32, contiguous and of this
-        model's shape."""
+        model's shape. `logits`: where to write them (see `_logits_out`), else a new array."""
         d, out = self.model, state if out is None else out
         if not 0 <= token < d.vocab:
             raise ValueError(f"token {token} is outside the vocabulary 0..{d.vocab - 1}")
@@ -381,16 +381,16 @@ class Decoder:
         if any(tuple(t.shape) != shape for t, shape in zip((state.att_prev, state.ffn_prev, state.S), shapes)):
             raise ValueError("the state is shaped for another model")
         state = type(state)(*(_aligned(t.float()) for t in (state.att_prev, state.ffn_prev, state.S)))
-        logits = np.empty(self.vocab, dtype=np.float32)
+        logits = _logits_out(logits, (self.vocab,))
         status = self.lib.ew_decode(ctypes.byref(self.model), token, ctypes.byref(_state(state)),
                                     ctypes.byref(_state(out)), logits.ctypes.data, logits.size, torch.get_num_threads())
         _raise_for(self.lib, status, "RWKV decode")
         return logits
 
 
-    def step_batch(self, tokens: list[int], batch) -> np.ndarray:
+    def step_batch(self, tokens: list[int], batch, logits: np.ndarray | None = None) -> np.ndarray:
         """Logits [B, vocab] after one token of each stream of `batch` (a StateBatch: float32,
-        contiguous, [B, L, ...]), whose states advance in place."""
+        contiguous, [B, L, ...]), whose states advance in place; into `logits` when given."""
         d, B = self.model, len(tokens)
         shapes = ((B, d.layers, d.width), (B, d.layers, d.width), (B, d.layers, d.heads, d.head_size, d.head_size))
         tensors = (batch.att_prev, batch.ffn_prev, batch.S)
@@ -400,11 +400,29 @@ class Decoder:
         states = (State * B)(*(State(*(_ptr(t) + b * t[0].numel() * 4 for t in tensors), *(t[0].numel() for t in tensors))
                                for b in range(B)))
         ids = np.asarray(tokens, dtype=np.int64)
-        logits = np.empty((B, self.vocab), dtype=np.float32)
+        import os
+        if os.environ.get("EW_REUSE") == "1":
+            if getattr(self, "_lg", None) is None or self._lg.shape[0] != B:
+                self._lg = np.empty((B, self.vocab), dtype=np.float32)
+            logits = self._lg
+        else:
+            logits = _logits_out(logits, (B, self.vocab))
         status = self.lib.ew_decode_batch(ctypes.byref(self.model), B, ids.ctypes.data, states, logits.ctypes.data,
                                           logits.size, torch.get_num_threads())
         _raise_for(self.lib, status, "RWKV batch decode")
         return logits
+
+
+def _logits_out(logits: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """`logits` checked as a buffer C may write `shape` float32s into, or a new one. A server's
+    batcher passes the same buffer every step: a new [8, 65536] array each step was mapped, faulted
+    in and unmapped again (2 MB, above malloc's mmap threshold), and its unmapping interrupted the
+    other core (~4% of 8 streams' tokens/s)."""
+    if logits is None:
+        return np.empty(shape, dtype=np.float32)
+    if logits.shape != shape or logits.dtype != np.float32 or not logits.flags.c_contiguous or not logits.flags.writeable:
+        raise ValueError(f"the logits buffer must be float32, C-contiguous, writeable and shaped {shape}")
+    return logits
 
 
 def _state(state) -> State:

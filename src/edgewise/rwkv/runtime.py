@@ -251,10 +251,11 @@ class RWKV:
                                for start in range(0, len(tokens), PREFILL_CHUNK)])
 
     @torch.inference_mode()
-    def step(self, tokens: list[int], batch: StateBatch) -> np.ndarray:
+    def step(self, tokens: list[int], batch: StateBatch, logits: np.ndarray | None = None) -> np.ndarray:
         """One token for each stream of `batch` at once (continuous batching): logits [B, vocab];
         the batch advances in place. Every matrix multiplies all B rows in one pass, so its weights
-        are read once per step; a batch of one takes the fused decode step."""
+        are read once per step; a batch of one takes the fused decode step. `logits`: a float32
+        [B, vocab] buffer to write them into (the returned array is then that buffer)."""
         tokens = [int(t) for t in tokens]
         if len(tokens) != len(batch):
             raise EdgewiseError(f"step got {len(tokens)} tokens for {len(batch)} streams")
@@ -264,10 +265,14 @@ class RWKV:
         decoder = self.decoder()
         if decoder is not None and len(tokens) == 1:   # the decode step, in place: what generate runs
             view = RWKVState(batch.att_prev[0], batch.ffn_prev[0], batch.S[0])
-            return decoder.step(tokens[0], view, view)[None]
+            return decoder.step(tokens[0], view, view, None if logits is None else logits.reshape(-1))[None]
         if decoder is not None:
-            return decoder.step_batch(tokens, batch)
-        return self._run(torch.tensor(tokens), _Streams(batch), every=True)
+            return decoder.step_batch(tokens, batch, logits)
+        out = self._run(torch.tensor(tokens), _Streams(batch), every=True)
+        if logits is None:
+            return out
+        logits[...] = out
+        return logits
 
     def _run(self, tokens: torch.Tensor, state: RWKVState | _Streams, every: bool = False) -> np.ndarray:
         x = self.emb(tokens)                                               # [T, C]

@@ -142,6 +142,7 @@ class Batcher:
         self.steps = 0
         self.streams_per_step = 0   # summed: / steps = the mean batch
         self._outbox: list[tuple[Stream, str, object]] = []   # what a step produced, handed over at once
+        self._logits = np.empty((0, model.dims.vocab), np.float32)   # a step's, rewritten by the next
         self._pending, self._pending_lock = 0, threading.Lock()
         # Set by the runner once it has run one: what a live stream holds besides its row of the batch's
         # states (its logits, the sampler's vocabulary-sized arrays, its state again while the batch is
@@ -246,7 +247,10 @@ class Batcher:
 
     def _step(self) -> None:
         started = time.process_time()
-        logits = self.model.step([s.next_token for s in self.active], self.batch)
+        B = len(self.active)
+        if self._logits.shape[0] != B:   # one buffer while the batch keeps its size (see native._logits_out)
+            self._logits = np.empty((B, self.model.dims.vocab), np.float32)
+        logits = self.model.step([s.next_token for s in self.active], self.batch, self._logits)
         tokens = draw([s.sampler for s in self.active], logits)   # every stream's next, together
         share = (time.process_time() - started) / len(self.active)
         self.steps += 1

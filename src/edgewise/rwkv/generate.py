@@ -24,7 +24,7 @@ class TextStream:
         if token == END_OF_TEXT:
             self.stopped = "stop"
             return self.finish()
-        self.pending += self.decoder.decode(self.tokenizer.decode_bytes([token], strict=False))
+        self.pending += self.decoder.decode(self.tokenizer.id_to_bytes.get(token, b""))   # decode_bytes, not strict
         hit = min((self.pending.index(s) for s in self.stop if s in self.pending), default=None)
         if hit is not None:
             self.stopped = "stop"

@@ -56,10 +56,11 @@ def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path
 
     model = RWKV.load(checkpoints["other"], quant=quant)
     decoder = native.Decoder(model, kernels(path))
-    # 9 streams: int8 blocks of 4 streams (8 with VNNI) and one left over; a block of 8 for the bf16 LoRA rows, and one
-    states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6, 1, 4, 7, 2)]
+    # 11 streams: int8 blocks of 4, 4, 2 and 1 streams (8, then 3 alone, with VNNI); a block of 8 for the bf16
+    # LoRA rows, and 3
+    states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6, 1, 4, 7, 2, 3, 5)]
     batch = StateBatch.stack(states)
-    tokens = [4, 8, 15, 16, 23, 42, 1, 2, 3]
+    tokens = [4, 8, 15, 16, 23, 42, 1, 2, 3, 9, 11]
     logits = decoder.step_batch(tokens, batch)
     for b, (token, state) in enumerate(zip(tokens, states)):
         after = model.new_state()

@@ -138,15 +138,19 @@ def gguf(checkpoint: Path, folder: Path, binaries: Path) -> dict[str, Path]:
     return files
 
 
-def runs(binaries: Path, model: Path) -> bool:
-    """False where `llama-bench` dies of an illegal instruction on `model` (a few tokens); other failures raise."""
+def dies(binaries: Path, model: Path) -> str | None:
+    """How `llama-bench` dies on `model` (a few tokens) where a signal kills it: "an illegal
+    instruction" (the native build's AMX kernels on a Xeon with AMX, llama.cpp PR #26954), or the
+    signal's name (one run of the same build there died without a word: SIGILL is not the only way);
+    None where it runs. Other failures raise."""
     done = subprocess.run([str(binaries / "llama-bench"), "-m", str(model), "-p", "32", "-n", "4", "-r", "1"],
                           capture_output=True, text=True, timeout=600)
-    if done.returncode == -signal.SIGILL:
-        return False
+    if done.returncode < 0:
+        return "an illegal instruction" if done.returncode == -signal.SIGILL else signal.Signals(-done.returncode).name
     if done.returncode:
-        raise Unavailable(f"llama-bench failed on {model.name}: {done.stderr.strip().splitlines()[-1:]}")
-    return True
+        raise Unavailable(f"llama-bench failed on {model.name} (exit {done.returncode}): "
+                          f"{done.stderr.strip().splitlines()[-1:]}")
+    return None
 
 
 def bench(binaries: Path, model: Path, prompt_tokens: int, decode_tokens: int, threads: int,
@@ -156,7 +160,8 @@ def bench(binaries: Path, model: Path, prompt_tokens: int, decode_tokens: int, t
                            "-n", str(decode_tokens), "-t", str(threads), "-r", str(repetitions), "-o", "json"],
                           capture_output=True, text=True, timeout=1800)
     if done.returncode:
-        raise Unavailable(f"llama-bench failed on {model.name}: {done.stderr.strip().splitlines()[-1:]}")
+        raise Unavailable(f"llama-bench failed on {model.name} (exit {done.returncode}): "
+                          f"{done.stderr.strip().splitlines()[-1:]}")
     tests = json.loads(done.stdout)
     speed = {("prefill" if t["n_prompt"] else "decode"): t["avg_ts"] for t in tests}
     return {"prefill_tokens_per_s": speed["prefill"], "decode_tokens_per_s": speed["decode"]}

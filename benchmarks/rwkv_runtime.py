@@ -138,9 +138,10 @@ def _against_llama_cpp(console: Console, folder: Path, checkpoint: Path, files: 
         for path, variant in pairs.items():
             binaries = _llama_cpp.build(variant)
             gguf = _llama_cpp.gguf(checkpoint, folder / "gguf", binaries)
-            if variant == "native" and not _llama_cpp.runs(binaries, gguf["int8"]):
-                console.print("llama.cpp's native build dies of an illegal instruction in its AMX kernels on this CPU "
-                              "(llama.cpp PR #26954); the peer is built with every AVX-512 extension but AMX instead")
+            death = _llama_cpp.dies(binaries, gguf["int8"]) if variant == "native" else None
+            if death:
+                console.print(f"llama.cpp's native build dies of {death} on this CPU (its AMX kernels: llama.cpp PR "
+                              "#26954); the peer is built with every AVX-512 extension but AMX instead")
                 variant = "avx512-no-amx"
                 binaries = _llama_cpp.build(variant)
             for quant, (kind, _) in _llama_cpp.QUANT.items():

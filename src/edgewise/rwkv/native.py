@@ -400,13 +400,7 @@ class Decoder:
         states = (State * B)(*(State(*(_ptr(t) + b * t[0].numel() * 4 for t in tensors), *(t[0].numel() for t in tensors))
                                for b in range(B)))
         ids = np.asarray(tokens, dtype=np.int64)
-        import os
-        if os.environ.get("EW_REUSE") == "1":
-            if getattr(self, "_lg", None) is None or self._lg.shape[0] != B:
-                self._lg = np.empty((B, self.vocab), dtype=np.float32)
-            logits = self._lg
-        else:
-            logits = _logits_out(logits, (B, self.vocab))
+        logits = _logits_out(logits, (B, self.vocab))
         status = self.lib.ew_decode_batch(ctypes.byref(self.model), B, ids.ctypes.data, states, logits.ctypes.data,
                                           logits.size, torch.get_num_threads())
         _raise_for(self.lib, status, "RWKV batch decode")

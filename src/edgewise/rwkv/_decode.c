@@ -743,29 +743,36 @@ static int64_t chunk_rows(const ew_matrix *m, int64_t (*cost)(const ew_matrix *)
     return rows > 16 ? rows : 16;
 }
 
-/* The next chunk for this thread: job *j's rows [*first, *end); 0 when the phase has none left */
-static int claim_rows(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), int64_t chunk_cost,
-                      spin_barrier *sync, int *j, int64_t *first, int64_t *end) {
-    int64_t sizes[MAX_JOBS], counts[MAX_JOBS], chunks = 0;
+/* How a phase's rows fall into chunks, worked out once a phase by each thread: its jobs' chunk
+ * sizes and counts, and the team's counters for this phase */
+typedef struct { int count; int64_t sizes[MAX_JOBS], counts[MAX_JOBS], chunks; chunk_count *next; } chunk_plan;
+
+static chunk_plan plan_chunks(const job *jobs, int count, int64_t (*cost)(const ew_matrix *), int64_t chunk_cost,
+                              spin_barrier *sync) {
+    chunk_plan plan = {count, {0}, {0}, 0, sync->next[atomic_load_explicit(&sync->phase, memory_order_acquire) & 1]};
     for (int k = 0; k < count; k++) {
-        sizes[k] = chunk_rows(jobs[k].m, cost, chunk_cost);
-        counts[k] = (jobs[k].m->rows + sizes[k] - 1) / sizes[k];
-        chunks += counts[k];
+        plan.sizes[k] = chunk_rows(jobs[k].m, cost, chunk_cost);
+        plan.counts[k] = (jobs[k].m->rows + plan.sizes[k] - 1) / plan.sizes[k];
+        plan.chunks += plan.counts[k];
     }
+    return plan;
+}
+
+/* The next chunk for this thread: job *j's rows [*first, *end); 0 when the phase has none left */
+static int claim_rows(const job *jobs, const chunk_plan *plan, int *j, int64_t *first, int64_t *end) {
     int threads = omp_get_num_threads() < MAX_TEAM ? omp_get_num_threads() : MAX_TEAM, me = omp_get_thread_num();
     if (me >= MAX_TEAM) return 0;
-    chunk_count *next = sync->next[atomic_load_explicit(&sync->phase, memory_order_acquire) & 1];
     for (int i = 0; i < threads; i++) {   /* its own share, then the next thread's, and so on */
         int t = (me + i) % threads;
-        int64_t lo = chunks * t / threads, size = chunks * (t + 1) / threads - lo;
-        if (atomic_load_explicit(&next[t].taken, memory_order_relaxed) >= size) continue;
-        int64_t chunk = atomic_fetch_add_explicit(&next[t].taken, 1, memory_order_relaxed);
+        int64_t lo = plan->chunks * t / threads, size = plan->chunks * (t + 1) / threads - lo;
+        if (atomic_load_explicit(&plan->next[t].taken, memory_order_relaxed) >= size) continue;
+        int64_t chunk = atomic_fetch_add_explicit(&plan->next[t].taken, 1, memory_order_relaxed);
         if (chunk >= size) continue;
         chunk += lo;
-        for (int k = 0; k < count; chunk -= counts[k], k++)
-            if (chunk < counts[k]) {
-                int64_t rows = jobs[k].m->rows;
-                *j = k, *first = chunk * sizes[k], *end = (chunk + 1) * sizes[k] < rows ? (chunk + 1) * sizes[k] : rows;
+        for (int k = 0; k < plan->count; chunk -= plan->counts[k], k++)
+            if (chunk < plan->counts[k]) {
+                int64_t rows = jobs[k].m->rows, size_k = plan->sizes[k];
+                *j = k, *first = chunk * size_k, *end = (chunk + 1) * size_k < rows ? (chunk + 1) * size_k : rows;
                 return 1;
             }
     }
@@ -817,7 +824,8 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
 #endif
     int j;
     int64_t first, end;
-    while (claim_rows(jobs, count, row_weight, RUN_CHUNK, sync, &j, &first, &end)) {
+    chunk_plan plan = plan_chunks(jobs, count, row_weight, RUN_CHUNK, sync);
+    while (claim_rows(jobs, &plan, &j, &first, &end)) {
         const ew_matrix *m = jobs[j].m;
         int64_t cols = m->cols, r = first;
 #ifdef EW_INT4_Q8
@@ -1317,28 +1325,22 @@ static inline __attribute__((always_inline)) void q8_block_kind(const ew_matrix 
             y[(t0 + t) * rows + r0 + r] = hsum256(acc[t][r]) * (int4 ? 1.f : wscale[r0 + r]);
 }
 
-static void q8_block_int8_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 4, y, 0);
-}
-static void q8_block_int4_4x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 4, y, 1);
-}
-static void q8_block_int8_2x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 2, y, 0);
-}
-static void q8_block_int4_2x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 2, y, 1);
-}
-static void q8_block_int8_1x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 1, y, 0);
-}
-static void q8_block_int4_1x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {
-    q8_block_kind(m, r0, 2, x, t0, 1, y, 1);
-}
+/* 2 rows x nt tokens of an int8 or int4 matrix, each an inlined q8_block_kind with its accumulators in registers */
+#define Q8_BLOCK_2ROWS(nt)                                                                                           \
+    static void q8_block_int8_##nt##x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {         \
+        q8_block_kind(m, r0, 2, x, t0, nt, y, 0);                                                                  \
+    }                                                                                                              \
+    static void q8_block_int4_##nt##x2(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, float *y) {         \
+        q8_block_kind(m, r0, 2, x, t0, nt, y, 1);                                                                  \
+    }
+Q8_BLOCK_2ROWS(4)
+Q8_BLOCK_2ROWS(2)
+Q8_BLOCK_2ROWS(1)
+#undef Q8_BLOCK_2ROWS
 
-/* 2 rows x 4, 2 or 1 tokens in the blocks above (the rest of a batch past its blocks of 4 once took a
- * token and a row at a time: 2 streams stepped 2.6x slower than one on AVX2), a row at a time at
- * the last odd row */
+/* 2 rows x 4, 2 or 1 tokens in the blocks above (what a batch leaves past its blocks of 4 was taken a
+ * token and a row at a time: 2 streams on AVX2, 11.0 -> 10.1 ms a step), a row at a time at the last
+ * odd row */
 static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
     int int4 = m->kind == INT4, t = 0;
     if (nr == 2) {
@@ -1964,7 +1966,8 @@ static void run_jobs_batch(const job *jobs, int count, int B, spin_barrier *sync
     batch_inputs inputs[MAX_JOBS] = {{0}};
     int j, tiles = 0;
     int64_t first, end;
-    while (claim_rows(jobs, count, batch_row_weight, BATCH_CHUNK, sync, &j, &first, &end))
+    chunk_plan plan = plan_chunks(jobs, count, batch_row_weight, BATCH_CHUNK, sync);
+    while (claim_rows(jobs, &plan, &j, &first, &end))
         batch_chunk(&jobs[j], &inputs[j], B, first, end, &tiles);
 #ifdef EW_AMX
     if (tiles) amx_tiles(0);

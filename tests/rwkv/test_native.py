@@ -56,7 +56,7 @@ def test_batched_step_matches_each_stream_decoded_alone(checkpoints, quant, path
 
     model = RWKV.load(checkpoints["other"], quant=quant)
     decoder = native.Decoder(model, kernels(path))
-    # 11 streams: int8 blocks of 4, 4, 2 and 1 streams (8, then 3 alone, with VNNI); a block of 8 for the bf16
+    # 11 streams: int8 blocks of 4, 4, 2 and 1 streams (8, 2 and 1 with VNNI); a block of 8 for the bf16
     # LoRA rows, and 3
     states = [model.forward(PROMPT[:n], use_cache=False)[1] for n in (2, 5, 8, 3, 6, 1, 4, 7, 2, 3, 5)]
     batch = StateBatch.stack(states)

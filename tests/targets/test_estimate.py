@@ -14,6 +14,13 @@ def test_a_convolution_counts_its_pre_packed_weights_from_the_graph():
     depthwise = node_work("d", "Conv", [{"float": [1, 32, 8, 8]}], [{"float": [1, 32, 8, 8]}],
                           weights=[("float", [32, 1, 3, 3])])
     assert depthwise.kind == "dwconv/fp32" and depthwise.ops == 2 * 32 * 64 * 9
+    # the same filters on a one-channel input are a plain convolution (one GEMM), in either layout
+    for x, y in (([1, 1, 8, 8], [1, 32, 8, 8]), ([1, 8, 8, 1], [1, 8, 8, 32])):
+        first = node_work("f", "ConvInteger", [{"uint8": x}], [{"int32": y}], weights=[("int8", [32, 1, 3, 3])])
+        assert first.kind == "ConvInteger/int8"
+    nhwc = node_work("q", "QLinearConv", [{"uint8": [1, 8, 8, 32]}], [{"uint8": [1, 8, 8, 32]}],
+                     weights=[("int8", [32, 1, 3, 3])])
+    assert nhwc.kind == "dwconv/int8"
 
 
 def test_a_matmul_reduces_over_its_first_inputs_last_dimension():
@@ -40,6 +47,17 @@ def test_fitting_recovers_a_kinds_fixed_cost_and_efficiency():
     assert fitted.of("Softmax/fp32", "memory") == 1.0 and fitted.of("Softmax/fp32", "overhead") == HOST.node_overhead
     seconds = estimate_s(nodes, HOST, fitted)
     assert seconds == pytest.approx(HOST.run_overhead + sum(n.us for n in nodes) * 1e-6, rel=0.02)
+
+
+def test_a_kind_far_below_its_roofline_still_scales_with_its_work():
+    # ConvInteger-like: 1% of the peak, so every node's ideal time is below the fixed cost's threshold;
+    # a fixed cost alone (the median node's) would give a small node the large ones' time
+    nodes = _nodes("ConvInteger", 0.01, 15e-6, [2e4, 2e5, 8e5, 8e5])
+    fitted = fit_efficiency(nodes, HOST)
+    assert fitted.of(nodes[0].kind, "compute") == pytest.approx(0.01, rel=0.02)
+    assert fitted.of(nodes[0].kind, "overhead") == pytest.approx(15e-6, rel=0.05)
+    for node in nodes:
+        assert estimate_s([node], HOST, fitted) - HOST.run_overhead == pytest.approx(node.us * 1e-6, rel=0.03)
 
 
 def test_a_slower_target_takes_longer_in_proportion():

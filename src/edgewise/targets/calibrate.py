@@ -29,7 +29,7 @@ from edgewise.runtime import onnx as onnx_runtime
 from edgewise.targets.estimate import MEMORY_EFFICIENCY, Efficiency, Machine, estimate_s, fit_efficiency, profile
 from edgewise.targets.profiles import Target, parse
 
-VERSION = 5   # of the cached file's layout (4: the single-layer kernels, gemv apart; 5: typical fixed costs)
+VERSION = 6   # of the cached file's layout (4: the single-layer kernels, gemv apart; 5: typical fixed costs; 6: kinds below their roofline fitted as lines, 1-channel convolutions not depthwise)
 
 
 def cache_path() -> Path:

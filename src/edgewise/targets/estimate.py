@@ -79,6 +79,16 @@ def _elements(shape: list[int]) -> int:
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
+def _channels(ins, outs, filters: int) -> int:
+    """A convolution's input channels, in whichever layout the output has its `filters` channels
+    (NCHW: axis 1; NHWC, as ONNX Runtime runs QLinearConv on x86: the last)."""
+    x = ins[0][1] if ins else []
+    y = outs[0][1] if outs else []
+    if len(x) < 3 or len(x) != len(y):
+        return 2   # unknown: as a depthwise filter bank says
+    return x[1] if y[1] == filters else x[-1]
+
+
 def node_work(name: str, op: str, inputs, outputs, us: float = 0.0, weights=()) -> NodeWork:
     """The arithmetic and traffic of one node from its input and output [{dtype: shape}] lists (as
     ONNX Runtime's profiler reports them) and its weights [(dtype, shape)] from the graph: the profiler
@@ -97,7 +107,9 @@ def node_work(name: str, op: str, inputs, outputs, us: float = 0.0, weights=()) 
     if op in CONV_OPS:
         kernels = [s for _, s in ins[1:] + extra if len(s) >= 3]
         per_output = _elements(kernels[0]) / kernels[0][0] if kernels else 1   # Cin / groups x kh x kw
-        depthwise = bool(kernels) and kernels[0][1] == 1 and kernels[0][0] > 1   # one input channel per filter
+        # one input channel per filter, out of several: the filters of a one-channel input (digits'
+        # first layer) are a plain convolution, which ONNX Runtime runs as one GEMM, not one per channel
+        depthwise = bool(kernels) and kernels[0][1] == 1 and kernels[0][0] > 1 and _channels(ins, outs, kernels[0][0]) > 1
         ops = 2.0 * out_elements * per_output
     elif op in MATMUL_OPS and ins:
         reduction = ins[0][1][-1] if ins[0][1] else 1
@@ -283,6 +295,26 @@ def _efficiencies(nodes: list[NodeWork], machine: Machine, overhead: float) -> d
     return found
 
 
+def _fit_line(nodes: list[NodeWork], machine: Machine) -> dict[str, float] | None:
+    """A kind so far below its roofline that no node's ideal time passes its fixed cost (ConvInteger:
+    ONNX Runtime's dynamic int8 convolutions, ~4% of the int8 peak) says nothing through
+    `_efficiencies`, and a fixed cost alone (the median node's time) would make a 1-channel
+    convolution cost what a 128-channel one does. Its time is still a line in its ideal time: fixed
+    cost + ideal / efficiency, fitted on relative errors (the small nodes set the fixed cost, the large
+    ones the slope) where the nodes' ideal times spread at least 1.5x. None where they do not."""
+    ideal = np.array([ideal_s(n, machine) for n in nodes])
+    taken = np.array([max(n.us, 1e-3) * 1e-6 for n in nodes])
+    if len(nodes) < 2 or ideal.max() < 1.5 * ideal.min():
+        return None
+    slope, intercept = np.polyfit(ideal, taken, 1, w=1.0 / taken)
+    if slope <= 0:
+        return None
+    bounds = [_bound(n, machine) for n in nodes]
+    lo, hi = EFFICIENCY_RANGE
+    return {"overhead": max(float(intercept), machine.node_overhead),
+            max(set(bounds), key=bounds.count): min(max(1.0 / float(slope), lo), hi)}
+
+
 def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
     """Efficiency from measured nodes (their `us`, the profiler's cost taken off)."""
     kinds: dict[str, list[NodeWork]] = {}
@@ -297,6 +329,8 @@ def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:
             rest = [max(n.us * 1e-6 - (node_s(n, machine, fitted) - entry["overhead"]), 0.0) for n in mine]
             entry = {"overhead": max(float(np.median(rest)), machine.node_overhead)}
             entry.update(_efficiencies(mine, machine, entry["overhead"]))
+        if "compute" not in entry and "memory" not in entry:
+            entry = _fit_line(mine, machine) or entry
         by_kind[kind] = entry
     default_overhead = machine.node_overhead   # a kind never seen: what a trivial node costs (tiny Adds)
     every = []   # each node less its own kind's fixed cost, for the defaults

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <omp.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -399,8 +400,47 @@ static void prepare_q8(const float *x, int n, q8_inputs in) {
 }
 #endif
 
+#if defined(EW_AVX2) || (defined(EW_AVX512) && defined(__AVX512VNNI__))
+/* R (2 or 1) consecutive int4 rows in 256-bit vectors, a group of each in turn, the inputs as
+ * prepare_q8 lays them out: every activation load, offset and scale broadcast serves both rows. The
+ * -8 offset comes off in the integers (the group's sum of q in each of 8 lanes = 8 x sum), and the
+ * rows' accumulators are independent FMA chains. The AVX2 build's int4 kernel; in the AVX-512 build
+ * (with VNNI's 256-bit dot products) the one for a CPU that runs 512-bit vectors as two halves, where
+ * it measures faster (ew_choose_int4): on Zen 4 the AVX2 build decoded int4 at 237 tok/s, the AVX-512
+ * one at 198, its pairs of scale broadcasts and inserts costing more than they save there. */
+static inline __attribute__((always_inline)) void dotR_int4_q8_ymm(const uint8_t *w, const float *scale, q8_inputs in,
+                                                                   int n, float *out, int R) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const int groups = n / GROUP;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < groups; g++) {
+        const int8_t *xq = in.q + g * GROUP;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
+        __m256i offset = _mm256_set1_epi32(in.sum[g]);
+        __m256 xs = _mm256_broadcast_ss(in.scale + g);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
+            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+            __m256i d = _mm256_loadu_si256((const __m256i *)b);
+            __m256i lo = _mm256_and_si256(d, low), hi = _mm256_and_si256(_mm256_srli_epi16(d, 4), low);
+#ifdef __AVX512VNNI__   /* unsigned nibbles x signed inputs, by 4s */
+            __m256i dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x0), hi, x1);
+#else                   /* the same, pairs summed to int16 (at most 2 x 15 x 127 each), then widened */
+            __m256i dot = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1)),
+                                            _mm256_set1_epi16(1));
+#endif
+            __m256 s = _mm256_mul_ps(xs, _mm256_broadcast_ss(scale + (size_t)r * groups + g));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(dot, offset)), s, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum256(acc[r]);
+}
+#endif
+
 #if defined(EW_AVX512) && defined(__AVX512VNNI__)
 #define EW_INT4_VNNI 1
+#define EW_INT4_YMM 1
+static int int4_ymm;   /* one stream's int4 rows take dotR_int4_q8_ymm (ew_choose_int4) */
 
 /* int4 inputs are laid out for `dot_int4_q8`: per pair of groups (g, g + 1), 128 bytes: inputs
  * 0..31 of g, of g + 1, then 32..63 of g, of g + 1; and 16 lanes (8 per group) of the group's
@@ -501,34 +541,7 @@ static inline __attribute__((always_inline)) float dot_int8_q8(const int8_t *row
 
 #elif defined(EW_AVX2)
 #define prepare_int4 prepare_q8
-
-/* R (2 or 1) consecutive int4 rows, a group of each in turn: every activation load, offset and scale
- * broadcast serves both (as on AVX-512). The -8 offset comes off in the integers (the group's sum of
- * q in each of 8 lanes = 8 x sum), and the rows' accumulators are independent FMA chains. */
-static inline __attribute__((always_inline)) void dotR_int4_q8(const uint8_t *w, const float *scale, q8_inputs in,
-                                                               int n, float *out, int R) {
-    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    const int groups = n / GROUP;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int g = 0; g < groups; g++) {
-        const int8_t *xq = in.q + g * GROUP;
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 32));
-        __m256i offset = _mm256_set1_epi32(in.sum[g]);
-        __m256 xs = _mm256_broadcast_ss(in.scale + g);
-        for (int r = 0; r < R; r++) {
-            const uint8_t *b = w + (size_t)r * n / 2 + g * GROUP / 2;
-            _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
-            __m256i d = _mm256_loadu_si256((const __m256i *)b);
-            /* unsigned nibbles x signed inputs, pairs summed to int16 (at most 2 x 15 x 127 each) */
-            __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(d, low), x0);
-            __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(d, 4), low), x1);
-            __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones), offset);
-            __m256 s = _mm256_mul_ps(xs, _mm256_broadcast_ss(scale + (size_t)r * groups + g));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) out[r] = hsum256(acc[r]);
-}
+#define dotR_int4_q8 dotR_int4_q8_ymm
 
 /* An int8 row x int8 inputs, before the row's scale (a row at a time: see the AVX-512 dot_int8_q8):
  * |x| (unsigned) x w carrying x's sign, each pair at most 2 x 127 x 127 (no saturation), widened by
@@ -833,9 +846,25 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
         q8_inputs in = {(int8_t *)(store + at[j] + 2 * pairs * 16), store + at[j], (float *)(store + at[j] + pairs * 16)};
         int int4 = m->kind == INT4, int8 = prepared[j] && !int4;
         if (prepared[j] && !ready[j]) {
+#ifdef EW_INT4_YMM
+            if (int4 && !int4_ymm) prepare_int4(jobs[j].x, m->cols, in);
+#else
             if (int4) prepare_int4(jobs[j].x, m->cols, in);
+#endif
             else prepare_q8(jobs[j].x, m->cols, in);
             ready[j] = 1;
+        }
+#endif
+#ifdef EW_INT4_YMM
+        for (; int4 && int4_ymm && r + 2 <= end; r += 2) {
+            float y[2];
+            dotR_int4_q8_ymm((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols, y, 2);
+            jobs[j].y[r] = activate(y[0], jobs[j].activation), jobs[j].y[r + 1] = activate(y[1], jobs[j].activation);
+        }
+        for (; int4 && int4_ymm && r < end; r++) {
+            dotR_int4_q8_ymm((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols,
+                             jobs[j].y + r, 1);
+            jobs[j].y[r] = activate(jobs[j].y[r], jobs[j].activation);
         }
 #endif
 #ifdef EW_INT4_ROWS
@@ -1074,7 +1103,8 @@ static int check_state(const ew_model *m, const ew_state *s) {
 const char *ew_problem(void) { return problem_text; }
 
 /* Which kernels this build has: 1 AVX-512, 2 int4 x int8 by VNNI, 4 AVX2, 8 NEON with sdot, 16 SSSE3;
- * 32 AMX tiles for batches, when ew_use_amx turned them on */
+ * 32 AMX tiles for batches, when ew_use_amx turned them on; 64 one stream's int4 rows in 256-bit
+ * vectors, when ew_choose_int4 chose them */
 int ew_features(void) {
     int features = 0;
 #ifdef EW_AVX512
@@ -1093,7 +1123,64 @@ int ew_features(void) {
     features |= 16;
 #endif
     features |= amx_on ? 32 : 0;   /* only ever set where EW_AMX is built */
+#ifdef EW_INT4_YMM
+    features |= int4_ymm ? 64 : 0;
+#endif
     return features;
+}
+
+#ifdef EW_INT4_YMM
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#endif
+
+/* Which kernel one stream's int4 rows take in the AVX-512 build: force 0 the 512-bit one, 1 the
+ * 256-bit one (dotR_int4_q8_ymm), -1 whichever multiplies a 512 x 768 int4 matrix in the cache
+ * faster here, the 256-bit one only if by 5% (the best of 9 interleaved passes each, ~0.2 ms). Returns
+ * 1 for the 256-bit kernel, 0 for the 512-bit one, -1 where the build has one int4 kernel. */
+int ew_choose_int4(int force) {
+#ifdef EW_INT4_YMM
+    if (force >= 0) return int4_ymm = force > 0;
+    enum { ROWS = 512, COLS = 768, GROUPS = COLS / GROUP, PAIRS = GROUPS / 2 + 1 };
+    uint8_t *w = aligned_alloc(64, ROWS * COLS / 2);
+    float *scale = malloc(sizeof(float) * ROWS * GROUPS), x[COLS], y[2];
+    int32_t store[2][2 * PAIRS * 16 + COLS / 4 + 16] __attribute__((aligned(64)));
+    if (!w || !scale) {
+        free(w), free(scale);
+        return int4_ymm = 0;
+    }
+    uint32_t seed = 1;
+    for (int i = 0; i < ROWS * COLS / 2; i++) w[i] = (uint8_t)((seed = seed * 1664525u + 1013904223u) >> 24);
+    for (int i = 0; i < ROWS * GROUPS; i++) scale[i] = 0.01f;
+    for (int i = 0; i < COLS; i++) x[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 8388608.f - 1.f;
+    q8_inputs in[2];
+    for (int k = 0; k < 2; k++)
+        in[k] = (q8_inputs){(int8_t *)(store[k] + 2 * PAIRS * 16), store[k], (float *)(store[k] + PAIRS * 16)};
+    prepare_int4(x, COLS, in[0]);
+    prepare_q8(x, COLS, in[1]);
+    double best[2] = {1e30, 1e30};
+    volatile float sink = 0.f;
+    for (int round = 0; round < 9; round++)
+        for (int k = 0; k < 2; k++) {
+            double start = seconds_now();
+            for (int r = 0; r < ROWS; r += 2) {
+                if (k) dotR_int4_q8_ymm(w + r * COLS / 2, scale + r * GROUPS, in[1], COLS, y, 2);
+                else dotR_int4_q8(w + r * COLS / 2, scale + r * GROUPS, in[0], COLS, y, 2);
+                sink += y[0];
+            }
+            double taken = seconds_now() - start;
+            best[k] = taken < best[k] ? taken : best[k];
+        }
+    (void)sink;
+    free(w), free(scale);
+    return int4_ymm = best[1] < 0.95 * best[0];
+#else
+    (void)force;
+    return -1;
+#endif
 }
 
 #ifndef EW_SOURCE_HASH

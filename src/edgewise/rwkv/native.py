@@ -132,6 +132,8 @@ def load(path: str | Path) -> ctypes.CDLL:
                                   ctypes.c_int64, ctypes.c_int]
     lib.ew_use_amx.restype, lib.ew_use_amx.argtypes = ctypes.c_int, [ctypes.c_int]
     lib.ew_use_amx(os.environ.get("EDGEWISE_AMX", "1").strip() != "0")   # EDGEWISE_AMX=0: VNNI for batches too
+    lib.ew_choose_int4.restype, lib.ew_choose_int4.argtypes = ctypes.c_int, [ctypes.c_int]
+    lib.ew_choose_int4(-1)   # AVX-512: int4 rows in 512- or 256-bit vectors, whichever measures faster here
     lib.ew_wkv.restype = ctypes.c_int
     lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
                            + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
@@ -160,12 +162,14 @@ def _raise_for(lib: ctypes.CDLL, status: int, what: str) -> None:
 def kernels(lib: ctypes.CDLL | None) -> str:
     """What decodes: "c-avx512-vnni-amx" (AMX tiles for batches of streams and prompts),
     "c-avx512-vnni", "c-avx512", "c-avx2", "c-neon", "c-x86-64-v2" (the portable x86-64 build),
-    "c-portable" or "torch"."""
+    "c-portable" or "torch"; an AVX-512 name ends in "-int4ymm" where one stream's int4 rows take
+    256-bit vectors, measured faster on this CPU (one that splits 512-bit ones in two, as Zen 4 does)."""
     if lib is None:
         return "torch"
     features = lib.ew_features()
     if features & 1:
-        return "c-avx512" + ("-vnni" if features & 2 else "") + ("-amx" if features & 32 else "")
+        return ("c-avx512" + ("-vnni" if features & 2 else "") + ("-amx" if features & 32 else "")
+                + ("-int4ymm" if features & 64 else ""))
     return "c-avx2" if features & 4 else "c-neon" if features & 8 else "c-x86-64-v2" if features & 16 else "c-portable"
 
 

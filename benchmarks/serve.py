@@ -154,11 +154,14 @@ def make_models(folder: Path, console: Console) -> dict[str, Path]:
         made[q] = RWKV.load(big, quant=q).save(single / f"rwkv-0.1b-{q}.safetensors")
     subprocess.run([sys.executable, "-m", "edgewise.cli", "compress", "--example", "digits", "--recipe", "int8",
                     "--out", str(single / "digits"), "--seconds", "0.3"], check=True, capture_output=True)
-    # ten models for the traffic: 6 ONNX MLPs and 4 RWKV files of different sizes
+    # ten models for the traffic: 6 ONNX MLPs and 4 RWKV files of different sizes. The largest MLP
+    # (3072 wide, 76 MB of weights) takes ~2x its file once loaded (ONNX Runtime keeps its MatMuls'
+    # weights pre-packed too): a 3584-wide one measured 252 MiB on Zen 4 against the 245 MiB budget,
+    # and was refused whenever it was asked for.
     traffic = folder / "traffic"
     traffic.mkdir()
     torch.manual_seed(0)
-    for i, width in enumerate((1024, 1536, 2048, 2560, 3072, 3584)):
+    for i, width in enumerate((1024, 1536, 2048, 2560, 2816, 3072)):
         mlp = nn.Sequential(nn.Linear(256, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                             nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)).eval()
         (traffic / f"mlp-{i}").mkdir()

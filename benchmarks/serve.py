@@ -154,10 +154,10 @@ def make_models(folder: Path, console: Console) -> dict[str, Path]:
         made[q] = RWKV.load(big, quant=q).save(single / f"rwkv-0.1b-{q}.safetensors")
     subprocess.run([sys.executable, "-m", "edgewise.cli", "compress", "--example", "digits", "--recipe", "int8",
                     "--out", str(single / "digits"), "--seconds", "0.3"], check=True, capture_output=True)
-    # ten models for the traffic: 6 ONNX MLPs and 4 RWKV files of different sizes. The largest MLP
-    # (3072 wide, 76 MB of weights) takes ~2x its file once loaded (ONNX Runtime keeps its MatMuls'
-    # weights pre-packed too): a 3584-wide one measured 252 MiB on Zen 4 against the 245 MiB budget,
-    # and was refused whenever it was asked for.
+    # ten models for the traffic: 6 ONNX MLPs and 4 RWKV files of different sizes. An MLP takes ~2x
+    # its file once loaded (ONNX Runtime keeps its MatMuls' weights pre-packed too): a 3584-wide one
+    # (102 MiB of weights) measured 252 MiB on Zen 4 against a 245 MiB budget and was refused whenever
+    # asked for. The largest is now 3072 wide (75 MiB); the files total 696 MiB, the budget 232 MiB.
     traffic = folder / "traffic"
     traffic.mkdir()
     torch.manual_seed(0)

@@ -72,4 +72,6 @@ def test_nothing_compiles_at_run_time(world_checkpoint, tmp_path):
                            "--prompt-tokens", "2", "--decode-tokens", "2", "--quant", "int8"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["decode_kernels"] == native.kernels(native.variant(native.runnable()[0]))
+    # the int4 kernel width is measured once per CPU and cache folder: the child's empty one measures again
+    assert (json.loads(done.stdout)["decode_kernels"].removesuffix("-int4ymm")
+            == native.kernels(native.variant(native.runnable()[0])).removesuffix("-int4ymm"))

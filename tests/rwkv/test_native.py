@@ -49,25 +49,47 @@ def test_fused_step_matches_the_torch_path(checkpoints, shape, quant, path):
             assert cosine(getattr(after, name).numpy().ravel(), getattr(expected_state, name).numpy().ravel()) > 0.999
 
 
-@pytest.mark.skipif("avx512" not in native.runnable(), reason="the AVX-512 build's two int4 kernels")
 @pytest.mark.parametrize("shape", ["small", "other"])
-def test_both_int4_kernels_of_the_avx512_build_decode_as_torch_does(checkpoints, shape):
+@pytest.mark.parametrize("path", [p for p in PATHS if kernels(p).ew_features() & 2])   # AVX-512 VNNI builds
+def test_both_int4_kernels_of_the_avx512_build_decode_as_torch_does(checkpoints, shape, path):
     """One stream's int4 rows take 512- or 256-bit vectors (Zen 4 runs the 512-bit ones as two halves),
-    whichever ew_choose_int4 measures faster at load; each must decode as the torch path does, and the
-    kernels' name says which one runs."""
-    lib = native.variant("avx512")
-    chosen = lib.ew_choose_int4(-1)
-    assert chosen in (0, 1) and native.kernels(lib).endswith("-int4ymm") == bool(chosen)
+    chosen by a measurement kept per CPU; each must decode as the torch path does, and the kernels'
+    name says which one runs."""
+    lib = kernels(path)
+    before = native.kernels(lib).endswith("-int4ymm")
     model = RWKV.load(checkpoints[shape], quant="int4")
-    before, expected, _ = _torch_step(model, PROMPT)
+    state, expected, _ = _torch_step(model, PROMPT)
     decoder = native.Decoder(model, lib)
     try:
+        assert lib.ew_choose_int4(-1) in (0, 1)   # the measurement itself
         for ymm in (0, 1):
             assert lib.ew_choose_int4(ymm) == ymm and native.kernels(lib).endswith("-int4ymm") == bool(ymm)
-            logits = decoder.step(PROMPT[-1], before, model.new_state())
+            logits = decoder.step(PROMPT[-1], state, model.new_state())
             assert cosine(logits, expected) > 0.999 and np.argmax(logits) == np.argmax(expected)
     finally:
-        lib.ew_choose_int4(chosen)
+        lib.ew_choose_int4(int(before))
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if kernels(p).ew_features() & 2])
+def test_the_int4_kernel_choice_is_kept_per_cpu_and_a_damaged_record_measured_again(tmp_path, monkeypatch, path):
+    import json
+
+    lib = kernels(path)
+    before = native.kernels(lib).endswith("-int4ymm")
+    monkeypatch.setenv("EDGEWISE_CACHE_DIR", str(tmp_path))
+    try:
+        native._choose_int4(lib, "a build")
+        [record] = (tmp_path / "kernels").iterdir()
+        measured = json.loads(record.read_text())["int4_ymm"]
+        assert measured in (0, 1) and native.kernels(lib).endswith("-int4ymm") == bool(measured)
+        record.write_text(json.dumps({"int4_ymm": 1 - measured}))   # what another process found: taken as it is
+        native._choose_int4(lib, "a build")
+        assert native.kernels(lib).endswith("-int4ymm") == (not measured)
+        record.write_text("{not json")
+        native._choose_int4(lib, "a build")
+        assert json.loads(record.read_text())["int4_ymm"] == measured
+    finally:
+        lib.ew_choose_int4(int(before))
 
 
 @pytest.mark.parametrize("quant", [None, "int8", "int4"])

@@ -837,6 +837,9 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
 #endif
     int j;
     int64_t first, end;
+#ifdef EW_INT4_YMM
+    const int ymm = int4_ymm;   /* once: inputs prepared for one kernel are read by the same one */
+#endif
     chunk_plan plan = plan_chunks(jobs, count, row_weight, RUN_CHUNK, sync);
     while (claim_rows(jobs, &plan, &j, &first, &end)) {
         const ew_matrix *m = jobs[j].m;
@@ -847,7 +850,7 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
         int int4 = m->kind == INT4, int8 = prepared[j] && !int4;
         if (prepared[j] && !ready[j]) {
 #ifdef EW_INT4_YMM
-            if (int4 && !int4_ymm) prepare_int4(jobs[j].x, m->cols, in);
+            if (int4 && !ymm) prepare_int4(jobs[j].x, m->cols, in);
 #else
             if (int4) prepare_int4(jobs[j].x, m->cols, in);
 #endif
@@ -856,12 +859,12 @@ static void run_jobs(const job *jobs, int count, spin_barrier *sync) {
         }
 #endif
 #ifdef EW_INT4_YMM
-        for (; int4 && int4_ymm && r + 2 <= end; r += 2) {
+        for (; int4 && ymm && r + 2 <= end; r += 2) {
             float y[2];
             dotR_int4_q8_ymm((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols, y, 2);
             jobs[j].y[r] = activate(y[0], jobs[j].activation), jobs[j].y[r + 1] = activate(y[1], jobs[j].activation);
         }
-        for (; int4 && int4_ymm && r < end; r++) {
+        for (; int4 && ymm && r < end; r++) {
             dotR_int4_q8_ymm((const uint8_t *)m->data + r * cols / 2, m->scale + r * (cols / GROUP), in, m->cols,
                              jobs[j].y + r, 1);
             jobs[j].y[r] = activate(jobs[j].y[r], jobs[j].activation);
@@ -1137,20 +1140,17 @@ static double seconds_now(void) {
 }
 #endif
 
-/* Which kernel one stream's int4 rows take in the AVX-512 build: force 0 the 512-bit one, 1 the
- * 256-bit one (dotR_int4_q8_ymm), -1 whichever multiplies a 512 x 768 int4 matrix in the cache
- * faster here, the 256-bit one only if by 5% (the best of 9 interleaved passes each, ~0.2 ms). Returns
- * 1 for the 256-bit kernel, 0 for the 512-bit one, -1 where the build has one int4 kernel. */
-int ew_choose_int4(int force) {
 #ifdef EW_INT4_YMM
-    if (force >= 0) return int4_ymm = force > 0;
+/* 1 when the 256-bit int4 kernel multiplies a 512 x 768 int4 matrix in the cache at least 5% faster
+ * than the 512-bit one here (the best of 9 interleaved passes each, ~0.3 ms), else 0 */
+static __attribute__((noinline)) int measure_int4_ymm(void) {
     enum { ROWS = 512, COLS = 768, GROUPS = COLS / GROUP, PAIRS = GROUPS / 2 + 1 };
     uint8_t *w = aligned_alloc(64, ROWS * COLS / 2);
     float *scale = malloc(sizeof(float) * ROWS * GROUPS), x[COLS], y[2];
     int32_t store[2][2 * PAIRS * 16 + COLS / 4 + 16] __attribute__((aligned(64)));
     if (!w || !scale) {
         free(w), free(scale);
-        return int4_ymm = 0;
+        return 0;
     }
     uint32_t seed = 1;
     for (int i = 0; i < ROWS * COLS / 2; i++) w[i] = (uint8_t)((seed = seed * 1664525u + 1013904223u) >> 24);
@@ -1169,14 +1169,28 @@ int ew_choose_int4(int force) {
             for (int r = 0; r < ROWS; r += 2) {
                 if (k) dotR_int4_q8_ymm(w + r * COLS / 2, scale + r * GROUPS, in[1], COLS, y, 2);
                 else dotR_int4_q8(w + r * COLS / 2, scale + r * GROUPS, in[0], COLS, y, 2);
-                sink += y[0];
+                sink += y[0] + y[1];   /* both rows, or the compiler drops the second */
             }
             double taken = seconds_now() - start;
             best[k] = taken < best[k] ? taken : best[k];
         }
     (void)sink;
     free(w), free(scale);
-    return int4_ymm = best[1] < 0.95 * best[0];
+    return best[1] < 0.95 * best[0];
+}
+#endif
+
+/* Which kernel one stream's int4 rows take in the AVX-512 build: force 0 the 512-bit one, 1 the
+ * 256-bit one (dotR_int4_q8_ymm), -1 the measured choice (measure_int4_ymm, once a process; 0 on a
+ * CPU without AVX-512 VNNI, where the measurement could not run). Returns the kernel now in use (1
+ * the 256-bit one), or -1 where the build has only one int4 kernel. */
+int ew_choose_int4(int force) {
+#ifdef EW_INT4_YMM
+    static int measured = -1;
+    if (force >= 0) return int4_ymm = force > 0;
+    if (measured < 0)
+        measured = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni") ? measure_int4_ymm() : 0;
+    return int4_ymm = measured;
 #else
     (void)force;
     return -1;
@@ -1347,7 +1361,8 @@ static void q8_int4_1x1(const ew_matrix *m, int64_t r0, q8_rows x, int64_t t0, f
 
 /* nr <= 2 rows x any number of tokens: 2 rows in blocks of 8, 4, 2 and 1 tokens (what a batch left
  * past its blocks of 8 and 4 was taken a token and a row at a time: 2 streams' step cost twice one
- * stream's, 7.3 against 3.6 ms), the last odd row 8 tokens or one at a time */
+ * stream's, 7.3 against 3.6 ms); the last odd row of an int8 matrix 8 tokens or one at a time, of
+ * an int4 one a token at a time */
 static void q8_block(const ew_matrix *m, int64_t r0, int nr, q8_rows x, int64_t t0, int nt, float *y) {
     int int4 = m->kind == INT4, t = 0;
     if (nr == 2) {

@@ -18,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -133,13 +134,40 @@ def load(path: str | Path) -> ctypes.CDLL:
     lib.ew_use_amx.restype, lib.ew_use_amx.argtypes = ctypes.c_int, [ctypes.c_int]
     lib.ew_use_amx(os.environ.get("EDGEWISE_AMX", "1").strip() != "0")   # EDGEWISE_AMX=0: VNNI for batches too
     lib.ew_choose_int4.restype, lib.ew_choose_int4.argtypes = ctypes.c_int, [ctypes.c_int]
-    lib.ew_choose_int4(-1)   # AVX-512: int4 rows in 512- or 256-bit vectors, whichever measures faster here
+    _choose_int4(lib, built_from)
     lib.ew_wkv.restype = ctypes.c_int
     lib.ew_wkv.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 8
                            + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int])
     lib.ew_sample.restype = ctypes.c_int
     lib.ew_sample.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
     return lib
+
+
+def _choose_int4(lib: ctypes.CDLL, built_from: str) -> None:
+    """The AVX-512 build's int4 rows in 512- or 256-bit vectors (ew_choose_int4): measured once per
+    CPU and build, then kept in the cache folder, so that every process here decodes int4 the same
+    way (the two kernels add up in different orders). Elsewhere, nothing to choose."""
+    if not lib.ew_features() & 2:   # no AVX-512 VNNI int4 kernels in this build
+        return
+    from edgewise.files import cache_dir, write_json
+    from edgewise.measure.machine import _cpu_model
+
+    key = hashlib.sha1(f"{_cpu_model()}|{os.cpu_count()}|{built_from}".encode()).hexdigest()[:12]
+    try:
+        path = cache_dir() / "kernels" / f"int4-{key}.json"
+    except OSError:   # no cache folder can be made: measure each time
+        path = None
+    try:
+        kept = json.loads(path.read_text()).get("int4_ymm") if path else None
+    except (OSError, ValueError, AttributeError):   # none yet, or damaged: measure again
+        kept = None
+    if kept in (0, 1):
+        lib.ew_choose_int4(kept)
+        return
+    chosen = lib.ew_choose_int4(-1)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            write_json(path, {"cpu": _cpu_model(), "build": built_from, "int4_ymm": chosen})
 
 
 @functools.cache

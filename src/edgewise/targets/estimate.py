@@ -86,6 +86,8 @@ def _channels(ins, outs, filters: int) -> int:
     y = outs[0][1] if outs else []
     if len(x) < 3 or len(x) != len(y):
         return 2   # unknown: as a depthwise filter bank says
+    if y[1] == filters and y[-1] == filters:   # either layout: a one-channel input has the fewer
+        return min(x[1], x[-1])
     return x[1] if y[1] == filters else x[-1]
 
 
@@ -297,7 +299,7 @@ def _efficiencies(nodes: list[NodeWork], machine: Machine, overhead: float) -> d
 
 def _fit_line(nodes: list[NodeWork], machine: Machine) -> dict[str, float] | None:
     """A kind so far below its roofline that no node's ideal time passes its fixed cost (ConvInteger:
-    ONNX Runtime's dynamic int8 convolutions, ~4% of the int8 peak) says nothing through
+    ONNX Runtime's dynamic int8 convolutions, ~5% of the int8 peak) says nothing through
     `_efficiencies`, and a fixed cost alone (the median node's time) would make a 1-channel
     convolution cost what a 128-channel one does. Its time is still a line in its ideal time: fixed
     cost + ideal / efficiency, fitted on relative errors (the small nodes set the fixed cost, the large
@@ -312,7 +314,7 @@ def _fit_line(nodes: list[NodeWork], machine: Machine) -> dict[str, float] | Non
     bounds = [_bound(n, machine) for n in nodes]
     lo, hi = EFFICIENCY_RANGE
     return {"overhead": max(float(intercept), machine.node_overhead),
-            max(set(bounds), key=bounds.count): min(max(1.0 / float(slope), lo), hi)}
+            max(("compute", "memory"), key=bounds.count): min(max(1.0 / float(slope), lo), hi)}
 
 
 def fit_efficiency(nodes: list[NodeWork], machine: Machine) -> Efficiency:

@@ -364,13 +364,15 @@ def test_the_c_wkv_recurrence_matches_torch_and_checks_its_buffers(path):
 
 @pytest.mark.skipif("avx512" not in native.runnable() or not native.variant("avx512").ew_use_amx(1),
                     reason="AMX tiles: a Xeon from Sapphire Rapids on, with a kernel that grants them")
-def test_amx_tiles_sum_the_integers_the_vnni_kernels_sum():
-    """Both multiply the same int8 activations by the same int8 rows, span by span; only the order of
-    float additions differs (VNNI's unsigned trick subtracts a large shift). 37 tokens: two blocks of 16 and a part; 200 rows: 32 at a time and 8
-    left to VNNI. The decode batches (test_batched_step_...) take the same tiles."""
+@pytest.mark.parametrize("kind", [Int8Matrix, Int4Matrix])
+def test_amx_tiles_sum_the_integers_the_vnni_kernels_sum(kind):
+    """Both multiply the same int8 activations by the same int8 rows (int4 ones: nibble - 8), span by
+    span; only the order of float additions differs (VNNI's unsigned trick subtracts a large shift).
+    37 tokens: two blocks of 16 and a part; 200 rows: 32 at a time and 8 left to VNNI; int4 192 inputs:
+    a pair of groups and one alone. The decode batches (test_batched_step_...) take the same tiles."""
     lib = native.variant("avx512")
     g = torch.Generator().manual_seed(1)
-    matrix = Int8Matrix(torch.randn(200, 192, generator=g) * 0.1)
+    matrix = kind(torch.randn(200, 192, generator=g) * 0.1)
     view = native.describe(matrix, keep := [])
     x = torch.cat([torch.randn(20, 192, generator=g), torch.relu(torch.randn(17, 192, generator=g) * 3) ** 2])
     try:

@@ -1508,7 +1508,7 @@ typedef struct { uint8_t palette, start; uint8_t reserved[14]; uint16_t colsb[16
  * groups x 1 KB: group g's tile row i holds streams 0..15's inputs 4i..4i+3. NULL where the tiles
  * are not for this product (AMX off, not an int8 matrix, a single stream) or without memory. */
 static int8_t *amx_pack(const ew_matrix *m, q8_rows x) {
-    if (!amx_on || m->kind != INT8 || x.tokens < 2) return NULL;
+    if (!amx_on || (m->kind != INT8 && m->kind != INT4) || x.tokens < 2) return NULL;
     int64_t blocks = (x.tokens + 15) / 16;
     int8_t *packed = aligned_alloc(64, (size_t)(blocks * x.groups) * 1024);
     const __m512i streams = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -1589,14 +1589,69 @@ static void amx_tiles(int on) {
     else _tile_release();
 }
 
-/* Rows [first, end) of an INT8 matrix for the T streams amx_pack packed, 16 at a time, with the
+/* The same for 16 rows of an INT4 matrix: each group's weights of the 16 rows unpacked to signed
+ * int8 (nibble - 8) in a 1 KB tile, two groups in flight (tiles 0-1, 4-5, 6-7 as above); each
+ * group's products scaled by its row scales x the streams' scales into 16 float accumulators (one a
+ * row, a lane a stream). VNNI took four instructions a token, row and group (the offset, the
+ * product, the conversion, the scale's product): 8 int4 streams cost 5x one. */
+__attribute__((target("amx-tile,amx-int8")))
+static void amx_rows_int4(const ew_matrix *m, int64_t r0, q8_rows x, const int8_t *packed, int64_t t0, int nt,
+                          float *y) {
+    const int64_t cols = m->cols, G = x.groups, rows = m->rows;
+    const uint8_t *w4 = (const uint8_t *)m->data + r0 * cols / 2;
+    const float *ws = m->scale + r0 * G;
+    const __m512i low = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    const __mmask16 here = (__mmask16)((1u << nt) - 1);
+    int8_t a[2][16 * 64] __attribute__((aligned(64)));
+    int32_t c[2][16 * 16] __attribute__((aligned(64)));
+    __m512 acc[16];
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < G; g0 += 2) {
+        int pair = g0 + 1 < G ? 2 : 1;
+        for (int k = 0; k < pair; k++) {
+            for (int r = 0; r < 16; r++) {   /* nibbles of inputs 0..31 (low) and 32..63 (high), in input order */
+                const uint8_t *b = w4 + r * cols / 2 + (g0 + k) * 32;
+                _mm_prefetch((const char *)b + PREFETCH, _MM_HINT_T0);
+                __m256i d = _mm256_loadu_si256((const __m256i *)b);
+                __m512i n = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(d), _mm256_srli_epi16(d, 4), 1), low);
+                _mm512_store_si512(a[k] + 64 * r, _mm512_sub_epi8(n, eight));
+            }
+        }
+        _tile_zero(0);
+        _tile_loadd(4, a[0], 64);
+        _tile_loadd(6, packed + g0 * 1024, 64);
+        _tile_dpbssd(0, 4, 6);
+        if (pair == 2) {
+            _tile_zero(1);
+            _tile_loadd(5, a[1], 64);
+            _tile_loadd(7, packed + (g0 + 1) * 1024, 64);
+            _tile_dpbssd(1, 5, 7);
+        }
+        _tile_stored(0, c[0], 64);
+        if (pair == 2) _tile_stored(1, c[1], 64);
+        for (int k = 0; k < pair; k++) {
+            __m512 xs = _mm512_maskz_loadu_ps(here, x.scale + q8_scale(x, t0, g0 + k));
+            for (int r = 0; r < 16; r++)
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[k] + 16 * r)),
+                                         _mm512_mul_ps(_mm512_set1_ps(ws[r * G + g0 + k]), xs), acc[r]);
+        }
+    }
+    float out[16 * 16] __attribute__((aligned(64)));   /* [row][stream], stored as y's [stream][row] */
+    for (int r = 0; r < 16; r++) _mm512_store_ps(out + 16 * r, acc[r]);
+    const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+    for (int n = 0; n < nt; n++)
+        _mm512_storeu_ps(y + (t0 + n) * rows + r0, _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), out, 4));
+}
+
+/* Rows [first, end) of an INT8 or INT4 matrix for the T streams amx_pack packed, 16 at a time, with the
  * tiles configured (amx_tiles); returns the first row it left (fewer than 16 remain). */
 __attribute__((target("amx-tile,amx-int8")))
-static int64_t amx_int8(const ew_matrix *m, q8_rows x, const int8_t *packed, int64_t first, int64_t end, float *y) {
+static int64_t amx_rows(const ew_matrix *m, q8_rows x, const int8_t *packed, int64_t first, int64_t end, float *y) {
     int64_t r = first;
     for (int64_t t0 = 0; t0 < x.tokens; t0 += 16) {
         int nt = x.tokens - t0 < 16 ? (int)(x.tokens - t0) : 16;
-        for (r = first; r + 16 <= end; r += 16) amx_rows_int8(m, r, x, packed + t0 / 16 * x.groups * 1024, t0, nt, y);
+        for (r = first; r + 16 <= end; r += 16)
+            (m->kind == INT4 ? amx_rows_int4 : amx_rows_int8)(m, r, x, packed + t0 / 16 * x.groups * 1024, t0, nt, y);
     }
     return r;
 }
@@ -1681,7 +1736,7 @@ int ew_gemm_q8(const ew_matrix *m, const float *x, int64_t x_size, int64_t T, fl
         for (int64_t b = 0; b < blocks; b++) {
             int64_t first = b * Q8_ROW_BLOCK, end = first + Q8_ROW_BLOCK < m->rows ? first + Q8_ROW_BLOCK : m->rows;
 #ifdef EW_AMX
-            if (packed) first = amx_int8(m, in, packed, first, end, y);
+            if (packed) first = amx_rows(m, in, packed, first, end, y);
 #endif
             int64_t t = 0;
             for (; t + 4 <= T; t += 4) {
@@ -2022,7 +2077,7 @@ static void batch_chunk(const job *jb, batch_inputs *p, int B, int64_t first, in
 #ifdef EW_AMX
             if (p->packed) {
                 if (!*tiles) amx_tiles(1), *tiles = 1;
-                r = amx_int8(m, p->in, p->packed, first, end, y);
+                r = amx_rows(m, p->in, p->packed, first, end, y);
             }
 #endif
             for (; r + 2 <= end; r += 2) q8_block(m, r, 2, p->in, 0, B, y);

@@ -278,6 +278,24 @@ def test_a_missing_models_folder_is_named(tmp_path):
     assert run.returncode == 2 and "no such folder" in run.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["{missing}"], "no such folder"),
+    (["{empty}"], "nothing to serve"),
+    (["{models}", "--memory-budget", "12XB"], "--memory-budget '12XB'"),
+])
+def test_bad_input_is_one_line_with_no_key_made_up_first(tmp_path, capsys, argv, message):
+    """Without --api-key the server makes up a key and prints it, but only once every input checks out."""
+    from edgewise.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "model.onnx").write_bytes(b"")   # a servable entry, as far as listing goes
+    folders = {"missing": tmp_path / "none", "empty": tmp_path / "empty", "models": tmp_path / "models"}
+    assert main(["serve", *[a.format(**folders) for a in argv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "key" not in err, err
+
+
 def test_the_openapi_schema_names_every_route(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",

@@ -71,6 +71,7 @@ def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_bud
 
     from edgewise.measure import energy
     from edgewise.serve.app import Settings, create_app
+    from edgewise.serve.catalog import scan
     from edgewise.serve.pool import tune_malloc
 
     tune_malloc()
@@ -78,18 +79,21 @@ def serve(models_dir: str, host: str = "127.0.0.1", port: int = 8000, memory_bud
         raise EdgewiseError("--no-auth and --api-key contradict each other: give one")
     if no_auth and not is_loopback(host):
         raise EdgewiseError(f"--no-auth is only allowed on a loopback address, not {host}: give --api-key KEY")
-    if not no_auth and not api_key:
-        api_key = secrets.token_urlsafe(24)
-        print(f"edgewise serve: no --api-key given; this run's key is {api_key}\n"
-              f"  (send it as 'Authorization: Bearer {api_key}', or set EDGEWISE_API_KEY)", file=sys.stderr)
-    if threads:
-        torch.set_num_threads(threads)
+    # every check a user's input can fail, before a key is made up and printed: a bad folder or flag
+    # then ends in its one line
+    scan(models_dir)
     settings = Settings(models_dir=models_dir, budget=parse_bytes(memory_budget), api_key=None if no_auth else api_key,
                         pins=tuple(pins), keep_alive=parse_seconds(keep_alive), max_queue=max_queue,
                         max_body=parse_bytes(max_body, "--max-body"), max_tokens=max_tokens, threads=threads,
                         device=energy.profile(device or energy.DEFAULT_PROFILE).name)
     _check_port(host, port)
     grace_s = parse_seconds(grace, "--grace") or 0
+    if not no_auth and not api_key:
+        settings.api_key = api_key = secrets.token_urlsafe(24)
+        print(f"edgewise serve: no --api-key given; this run's key is {api_key}\n"
+              f"  (send it as 'Authorization: Bearer {api_key}', or set EDGEWISE_API_KEY)", file=sys.stderr)
+    if threads:
+        torch.set_num_threads(threads)
     if ray or ray_address:
         from edgewise.serve.ray_serve import run as run_on_ray
         run_on_ray(settings, host, port, replicas, ray_address, grace_s)

@@ -139,7 +139,8 @@ def session(path: str | Path | bytes, threads: int | None = None, check: bool = 
         return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise EdgewiseError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        raise EdgewiseError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export it, "
+                            "with ops this ONNX Runtime knows") from None
 
 
 def feed(sess: ort.InferenceSession, inputs: Inputs) -> dict[str, np.ndarray]:

@@ -120,7 +120,8 @@ def analyse(path: str | Path) -> Graph:
     try:
         original = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise EdgewiseError(f"{path}: not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+        raise EdgewiseError(f"{path}: not an ONNX model, truncated or corrupt ({str(exc).splitlines()[0][:120]}); "
+                            "re-export it") from None
     file_weights = sum(_initializer_bytes(t) for t in original.graph.initializer)
     with tempfile.TemporaryDirectory(prefix="edgewise-graph-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"

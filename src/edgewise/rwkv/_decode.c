@@ -1526,6 +1526,15 @@ static int8_t *amx_pack(const ew_matrix *m, q8_rows x) {
     return packed;
 }
 
+/* acc [16 rows] (a lane a stream) into y's [stream][row] layout: y [t0 + n, r0 .. r0 + 16), n < nt */
+static inline void amx_write(const __m512 acc[16], float *y, int64_t rows, int64_t r0, int64_t t0, int nt) {
+    float out[16 * 16] __attribute__((aligned(64)));   /* [row][stream] */
+    for (int r = 0; r < 16; r++) _mm512_store_ps(out + 16 * r, acc[r]);
+    const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+    for (int n = 0; n < nt; n++)
+        _mm512_storeu_ps(y + (t0 + n) * rows + r0, _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), out, 4));
+}
+
 /* y [t0 + n, r0 .. r0 + 16) for 16 rows of an INT8 matrix and nt <= 16 streams (packed by amx_pack).
  * Tiles: 0 and 1 accumulate the even and the odd groups (a product chains on its accumulator: two
  * chains keep the unit busy while the weights stream in), 4-5 their weights, 6-7 their activations.
@@ -1571,11 +1580,8 @@ static void amx_rows_int8(const ew_matrix *m, int64_t r0, q8_rows x, const int8_
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
         }
     }
-    float out[16 * 16] __attribute__((aligned(64)));   /* [row][stream], stored as y's [stream][row] */
-    for (int r = 0; r < 16; r++) _mm512_store_ps(out + 16 * r, _mm512_mul_ps(acc[r], _mm512_set1_ps(m->scale[r0 + r])));
-    const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
-    for (int n = 0; n < nt; n++)
-        _mm512_storeu_ps(y + (t0 + n) * rows + r0, _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), out, 4));
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_mul_ps(acc[r], _mm512_set1_ps(m->scale[r0 + r]));
+    amx_write(acc, y, rows, r0, t0, nt);
 }
 
 /* Loads the tile configuration (on) or releases the tiles (off): once per thread around the AMX
@@ -1636,11 +1642,7 @@ static void amx_rows_int4(const ew_matrix *m, int64_t r0, q8_rows x, const int8_
                                          _mm512_mul_ps(_mm512_set1_ps(ws[r * G + g0 + k]), xs), acc[r]);
         }
     }
-    float out[16 * 16] __attribute__((aligned(64)));   /* [row][stream], stored as y's [stream][row] */
-    for (int r = 0; r < 16; r++) _mm512_store_ps(out + 16 * r, acc[r]);
-    const __m512i column = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
-    for (int n = 0; n < nt; n++)
-        _mm512_storeu_ps(y + (t0 + n) * rows + r0, _mm512_i32gather_ps(_mm512_add_epi32(column, _mm512_set1_epi32(n)), out, 4));
+    amx_write(acc, y, rows, r0, t0, nt);
 }
 
 /* Rows [first, end) of an INT8 or INT4 matrix for the T streams amx_pack packed, 16 at a time, with the

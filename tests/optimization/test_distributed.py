@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,7 @@ import tempfile
 import pytest
 
 from tests.optimization.test_search import _optimize_process
+from tests.ports import free_port
 
 STUDY = "edgewise-breast-cancer-latency"
 
@@ -19,12 +19,6 @@ STUDY = "edgewise-breast-cancer-latency"
 def _pg(program: str) -> str | None:
     found = shutil.which(program) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"))
     return found if isinstance(found, str) else (found[-1] if found else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def postgres():
             pytest.skip("running as root without runuser (util-linux): cannot start PostgreSQL as its own user")
         shutil.chown(folder, "postgres")
         as_server = [runuser, "-u", "postgres", "--"]
-    data, port = os.path.join(folder, "data"), _free_port()
+    data, port = os.path.join(folder, "data"), free_port()
     subprocess.run([*as_server, initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
                    check=True, capture_output=True)
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"

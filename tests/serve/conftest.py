@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from torch import nn
 
 from edgewise.rwkv.synthetic import random_checkpoint
 from edgewise.runtime.onnx import export
+from tests.ports import free_port
 
 KEY = "test-key"
 
@@ -73,12 +73,6 @@ def encoder_reference(models_dir: Path, texts: list[str]) -> tuple[np.ndarray, i
     vectors = session.run(None, {"input_ids": np.array([e.ids for e in encoded], np.int64),
                                  "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)})[0]
     return vectors, sum(sum(e.attention_mask) for e in encoded)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

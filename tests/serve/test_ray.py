@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ports import free_port
 from tests.serve.conftest import Server, encoder_reference
 from tests.serve.test_app import PROMPT
 
@@ -33,7 +34,6 @@ def test_serve_joins_an_existing_cluster_and_leaves_it_running(models_dir, tmp_p
     import os
     import secrets
 
-    from tests.serve.conftest import free_port
 
     ray = [str(Path(sys.executable).parent / "ray")]
     port = free_port()
@@ -63,6 +63,24 @@ def test_serve_joins_an_existing_cluster_and_leaves_it_running(models_dir, tmp_p
         assert status.returncode == 0, status.stderr   # the cluster is still up
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_port_taken_after_the_check_is_one_line_and_exit_2(models_dir):
+    """Free when edgewise checks it, taken before Ray Serve's proxy binds it (by another process, or by one
+    of Ray's own, which bind ports the kernel hands out): one line naming the port, not Ray's traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = ("import sys, edgewise.serve as s; from edgewise.cli import main; "
+                "s._check_port = lambda host, port: None; sys.exit(main(sys.argv[1:]))")
+        run = subprocess.run([sys.executable, "-c", code, "serve", str(models_dir), "--ray", "--no-auth",
+                              "--port", str(port)], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 2, run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "another --port" in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
 
 
 def _replicas(server, at_least: int = 0) -> dict:

@@ -288,7 +288,14 @@ def run(settings, host: str, port: int, replicas: int, address: str | None, grac
     # take the clean way out below (delete the application, exit 0), not Ray's.
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    serve.start(http_options={"host": host, "port": port}, detached=False)
+    try:
+        serve.start(http_options={"host": host, "port": port}, detached=False)
+    except Exception as exc:   # free when checked, but taken since: by another process, or by one of Ray's
+        ray.shutdown()         # own (its agents and workers bind ports the kernel hands out)
+        if "Failed to bind" not in str(exc):
+            raise
+        raise EdgewiseError(f"cannot listen on {host}:{port}: Ray Serve's proxy could not bind it (taken since "
+                            "edgewise checked it); give another --port") from None
     serve.run(deployments(settings, replicas, grace_s), name=APP, route_prefix="/")
     print(f"edgewise serve: {settings.models_dir} on http://{host}:{port} through Ray Serve, {replicas} "
           f"replica(s), each with budget {settings.budget} bytes", file=sys.stderr, flush=True)

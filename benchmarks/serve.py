@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,14 +42,15 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.ports import free_port  # noqa: E402  (the tests' servers pick their ports the same way)
+
 KEY = "bench"
 
 
 class Server:
     def __init__(self, models: Path, *flags: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()   # below the ephemeral range, where Ray's own ports cannot land
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "serve", str(models), "--port",
                                          str(self.port), "--api-key", KEY, *flags],

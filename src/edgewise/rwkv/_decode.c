@@ -2037,7 +2037,10 @@ static inline __attribute__((always_inline)) __m512 sum16(const __m512 v[16]) {
 /* Two consecutive bf16 rows against 8 inputs, out [2 x 8] (row-major): each input load serves both
  * rows, and the 16 sums come out of one sum16. A LoRA's second matrix has rows of 32-128 inputs,
  * where one row at a time spent more on its 8 reduce_adds than on its products (8 streams of the
- * 0.1B int8, in process: 6.81-6.97 -> 6.55-6.91 ms a step). */
+ * 0.1B int8, in process: 6.81-6.97 -> 6.55-6.91 ms a step). Only for rows that short: the first
+ * matrices' rows of 768 went slower in pairs (two weight streams side by side, as run_jobs found for
+ * int8), the LoRAs' first phase at 8 streams 0.69-0.70 -> 0.61-0.62 ms a row at a time. */
+#define BF16_PAIR_COLS 256
 static inline __attribute__((always_inline)) void dot_bf16_2x8(const uint16_t *w, const float *x, int64_t cols,
                                                                float *out) {
     __m512 acc[16];
@@ -2107,7 +2110,7 @@ static void batch_chunk(const job *jb, batch_inputs *p, int B, int64_t first, in
         for (; b + EW_BF16_ROWS <= B; b += EW_BF16_ROWS) {
             int64_t r = first;
 #ifdef EW_BF16_PAIRS
-            for (; r + 2 <= end; r += 2) {
+            for (; cols <= BF16_PAIR_COLS && r + 2 <= end; r += 2) {
                 float out[2 * EW_BF16_ROWS];
                 dot_bf16_2x8((const uint16_t *)m->data + r * cols, x + b * cols, cols, out);
                 for (int k = 0; k < EW_BF16_ROWS; k++) {

@@ -929,8 +929,6 @@ typedef struct {  /* per-token scratch, [C] each unless noted */
     float *low /* [4, max rank] */;
 } scratch;
 
-/* One head of the time mix, after the matrix products: decay, in-context learning rate, the
- * WKV state update and read-out, group norm, bonus, gate. Returns into s->y. */
 /* The state row STATE_AHEAD rows past `row`, asked for while this one is worked on: a batch's states
  * (8 streams of the 0.1B model: 19 MB, read and written each token) come from past the caches, and
  * the hardware's own prefetch left the head update waiting on them (8 streams, AMX: 1.16-1.22 ->
@@ -941,6 +939,8 @@ static inline void prefetch_state(const float *row, int N) {
     for (int k = 0; k < N; k += 16) __builtin_prefetch(row + (size_t)STATE_AHEAD * N + k);
 }
 
+/* One head of the time mix, after the matrix products: decay, in-context learning rate, the
+ * WKV state update and read-out, group norm, bonus, gate. Returns into s->y. */
 static void time_mix_head(const ew_layer *L, int layer, int h, int N, const float *S_in, float *S_out, scratch *sc) {
     int o = h * N;
     const float *w0 = L->w0.data + o, *a0 = L->a0.data + o, *v0 = L->v0.data + o, *k_k = L->k_k.data + o,
